@@ -1,0 +1,1 @@
+"""The core: the flow-sample spec, models, artifacts, scoring. Imports nothing else of ours."""

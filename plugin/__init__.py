@@ -1,0 +1,1 @@
+"""Connectors to the outside world: capture files, Zeek, Suricata."""

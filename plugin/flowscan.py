@@ -1,0 +1,386 @@
+"""The compiled capture loop: pcap/pcapng records -> Zeek-like bidirectional flows -> samples.
+
+Written with numba because a Python per-packet loop tops out far below the 1M packets/s
+target (benchmarks/extract_speed.py measures both). The per-packet bytes come from the same
+kernels the live path uses (detector.frame.parse_frame / write_sample_row).
+
+State lives in numpy arrays owned by plugin.capture.FlowTable; the kernels stop and return a
+code when an array is full, the Python side grows or flushes it and calls again.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from semiflow.detector import frame as fr
+
+# Per-flow integer fields (rows of FlowTable.ints and of the output buffer).
+K_AHI, K_ALO, K_BHI, K_BLO, K_PORTS, K_PROTO = 0, 1, 2, 3, 4, 5
+I_ORIG_HI, I_ORIG_LO, I_RESP_HI, I_RESP_LO = 6, 7, 8, 9
+I_ORIG_P, I_RESP_P, I_PROTO, I_IPVER = 10, 11, 12, 13
+I_ORIG_PKTS, I_RESP_PKTS, I_ORIG_IP_BYTES, I_RESP_IP_BYTES = 14, 15, 16, 17
+I_ORIG_BYTES, I_RESP_BYTES, I_NSEL, I_FLAGS, I_ALIVE, I_SEQ = 18, 19, 20, 21, 22, 23
+NI = 24
+
+# TCP flag history bits (I_FLAGS); the conn_state is derived from them as Zeek does.
+O_SYN, O_SYNACK, O_FIN, O_RST = 1, 2, 4, 8
+R_SYN, R_SYNACK, R_FIN, R_RST = 16, 32, 64, 128
+O_DATA, R_DATA = 256, 512
+
+# Scalar state (FlowTable.st).
+S_POS, S_NOUT, S_SLOT_TOP, S_POOL_TOP, S_SEQ, S_PACKETS, S_NIF = 0, 1, 2, 3, 4, 5, 6
+S_LINKTYPE, S_SWAP, S_NSEC = 7, 8, 9
+NS = 10
+# Float scalar state (FlowTable.fst).
+FS_LAST_SWEEP, FS_NOW, FS_LAST_TS = 0, 1, 2
+# Config (FlowTable.cfg): K, selection code, mask bits, max caplen.
+C_K, C_SELECT, C_MASK, C_MAXCAP = 0, 1, 2, 3
+# Timeouts (FlowTable.tmo), seconds: Zeek's defaults.
+T_TCP, T_UDP, T_ICMP, T_CLOSE, T_SWEEP = 0, 1, 2, 3, 4
+
+# Return codes of the scan kernels.
+R_NEED_DATA = 0      # consumed every complete record; give more bytes (or finish)
+R_OUT_FULL = 1       # output buffer full: flush it
+R_NEED_SLOTS = 2     # no free flow slot: grow
+R_NEED_POOL = 3      # no free sample row: grow
+R_BAD_RECORD = 4     # record framing is corrupt: cannot resynchronise
+R_NEED_IFACES = 5    # pcapng with more interfaces than the table holds
+
+
+@njit(cache=True)
+def _timeout(ints, s, tmo):
+    proto = ints[s, I_PROTO]
+    if proto == fr.PROTO_TCP:
+        f = ints[s, I_FLAGS]
+        if ((f & O_FIN) and (f & R_FIN)) or (f & O_RST) or (f & R_RST):
+            return tmo[T_CLOSE]
+        return tmo[T_TCP]
+    if proto == fr.PROTO_UDP:
+        return tmo[T_UDP]
+    return tmo[T_ICMP]
+
+
+@njit(cache=True)
+def _emit(s, ints, tss, sel, sdir, spts, splen, pool, pool_free, slot_free, keys,
+          oints, otss, odata, odir, opts, oplen, st):
+    m = st[S_NOUT]
+    for j in range(NI):
+        oints[m, j] = ints[s, j]
+    otss[m, 0] = tss[s, 0]
+    otss[m, 1] = tss[s, 1]
+    n = ints[s, I_NSEL]
+    kk = sel.shape[1]
+    for k in range(kk):
+        if k < n:
+            p = sel[s, k]
+            odata[m, k, :] = pool[p]
+            odir[m, k] = sdir[s, k]
+            opts[m, k] = spts[s, k]
+            oplen[m, k] = splen[s, k]
+            pool_free[st[S_POOL_TOP]] = p
+            st[S_POOL_TOP] += 1
+        else:
+            odata[m, k, :] = 0
+            odir[m, k] = -1
+            opts[m, k] = 0.0
+            oplen[m, k] = 0
+    key = (ints[s, K_AHI], ints[s, K_ALO], ints[s, K_BHI], ints[s, K_BLO],
+           ints[s, K_PORTS], ints[s, K_PROTO])
+    keys.pop(key)
+    ints[s, I_ALIVE] = 0
+    slot_free[st[S_SLOT_TOP]] = s
+    st[S_SLOT_TOP] += 1
+    st[S_NOUT] = m + 1
+
+
+@njit(cache=True)
+def _sweep(now, final, ints, tss, sel, sdir, spts, splen, pool, pool_free, slot_free, keys,
+           oints, otss, odata, odir, opts, oplen, st, tmo):
+    """Emit expired flows (all live flows when final). Returns False if the output filled up."""
+    for s in range(ints.shape[0]):
+        if ints[s, I_ALIVE] == 0:
+            continue
+        if final or now - tss[s, 1] > _timeout(ints, s, tmo):
+            if st[S_NOUT] >= oints.shape[0]:
+                return False
+            _emit(s, ints, tss, sel, sdir, spts, splen, pool, pool_free, slot_free, keys,
+                  oints, otss, odata, odir, opts, oplen, st)
+    return True
+
+
+@njit(cache=True)
+def _packet(buf, a, b, linktype, ts, wlen, info, ints, tss, sel, sdir, spts, splen, pool,
+            pool_free, slot_free, keys, oints, otss, odata, odir, opts, oplen, st, fst, cfg,
+            tmo, skips):
+    """One frame: parse, find or open its flow, count it, keep its bytes if selected."""
+    reason = fr.parse_frame(buf, a, b, linktype, info)
+    if reason != fr.OK:
+        skips[reason] += 1
+        return
+    st[S_PACKETS] += 1
+    proto = info[fr.F_PROTO]
+    shi, slo, dhi, dlo = info[fr.F_SRC_HI], info[fr.F_SRC_LO], info[fr.F_DST_HI], info[fr.F_DST_LO]
+    sp, dp = info[fr.F_SPORT], info[fr.F_DPORT]
+    if proto == fr.PROTO_ICMP or proto == fr.PROTO_ICMP6:
+        kp_a, kp_b = 0, 0  # one ICMP "connection" per address pair, as Zeek keys echo pairs
+    else:
+        kp_a, kp_b = sp, dp
+    if (shi, slo, kp_a) <= (dhi, dlo, kp_b):
+        key = (shi, slo, dhi, dlo, (kp_a << 16) | kp_b, proto)
+    else:
+        key = (dhi, dlo, shi, slo, (kp_b << 16) | kp_a, proto)
+    if ts > fst[FS_NOW]:
+        fst[FS_NOW] = ts
+    tflags = info[fr.F_TCPFLAGS]
+    syn_only = proto == fr.PROTO_TCP and (tflags & 0x02) != 0 and (tflags & 0x10) == 0
+
+    s = keys[key] if key in keys else np.int64(-1)
+    if s >= 0:
+        f = ints[s, I_FLAGS]
+        closed = ((f & O_FIN) and (f & R_FIN)) or (f & O_RST) or (f & R_RST)
+        if ts - tss[s, 1] > _timeout(ints, s, tmo) or (closed and syn_only):
+            _emit(s, ints, tss, sel, sdir, spts, splen, pool, pool_free, slot_free, keys,
+                  oints, otss, odata, odir, opts, oplen, st)
+            s = -1
+    if s < 0:
+        st[S_SLOT_TOP] -= 1
+        s = slot_free[st[S_SLOT_TOP]]
+        for j in range(NI):
+            ints[s, j] = 0
+        ints[s, K_AHI], ints[s, K_ALO], ints[s, K_BHI] = key[0], key[1], key[2]
+        ints[s, K_BLO], ints[s, K_PORTS], ints[s, K_PROTO] = key[3], key[4], key[5]
+        # Zeek makes the sender of the first packet the originator, except that a SYN-ACK
+        # seen first belongs to the responder (the handshake's SYN was missed).
+        flip = proto == fr.PROTO_TCP and (tflags & 0x12) == 0x12
+        if flip:
+            ints[s, I_ORIG_HI], ints[s, I_ORIG_LO], ints[s, I_ORIG_P] = dhi, dlo, dp
+            ints[s, I_RESP_HI], ints[s, I_RESP_LO], ints[s, I_RESP_P] = shi, slo, sp
+        else:
+            ints[s, I_ORIG_HI], ints[s, I_ORIG_LO], ints[s, I_ORIG_P] = shi, slo, sp
+            ints[s, I_RESP_HI], ints[s, I_RESP_LO], ints[s, I_RESP_P] = dhi, dlo, dp
+        ints[s, I_PROTO] = proto
+        ints[s, I_IPVER] = info[fr.F_IPVER]
+        ints[s, I_ALIVE] = 1
+        ints[s, I_SEQ] = st[S_SEQ]
+        st[S_SEQ] += 1
+        tss[s, 0] = ts
+        tss[s, 1] = ts
+        keys[key] = s
+
+    is_orig = shi == ints[s, I_ORIG_HI] and slo == ints[s, I_ORIG_LO] and \
+        (sp == ints[s, I_ORIG_P] or proto == fr.PROTO_ICMP or proto == fr.PROTO_ICMP6)
+    if proto == fr.PROTO_ICMP or proto == fr.PROTO_ICMP6:
+        # Both directions share the address pair; the sender decides the direction.
+        is_orig = shi == ints[s, I_ORIG_HI] and slo == ints[s, I_ORIG_LO]
+    pay = info[fr.F_PAYLEN]
+    iplen = info[fr.F_IPLEN]
+    if is_orig:
+        ints[s, I_ORIG_PKTS] += 1
+        ints[s, I_ORIG_IP_BYTES] += iplen
+        ints[s, I_ORIG_BYTES] += pay
+    else:
+        ints[s, I_RESP_PKTS] += 1
+        ints[s, I_RESP_IP_BYTES] += iplen
+        ints[s, I_RESP_BYTES] += pay
+    f = ints[s, I_FLAGS]
+    if proto == fr.PROTO_TCP:
+        syn = (tflags & 0x02) != 0
+        ack = (tflags & 0x10) != 0
+        if is_orig:
+            if syn:
+                f |= O_SYNACK if ack else O_SYN
+            if tflags & 0x01:
+                f |= O_FIN
+            if tflags & 0x04:
+                f |= O_RST
+        else:
+            if syn:
+                f |= R_SYNACK if ack else R_SYN
+            if tflags & 0x01:
+                f |= R_FIN
+            if tflags & 0x04:
+                f |= R_RST
+    if pay > 0:
+        f |= O_DATA if is_orig else R_DATA
+    ints[s, I_FLAGS] = f
+    if ts > tss[s, 1]:
+        tss[s, 1] = ts
+
+    n = ints[s, I_NSEL]
+    if n < cfg[C_K] and (cfg[C_SELECT] == 1 or pay > 0):
+        st[S_POOL_TOP] -= 1
+        p = pool_free[st[S_POOL_TOP]]
+        fr.write_sample_row(buf, info, pool[p], cfg[C_MASK])
+        sel[s, n] = p
+        sdir[s, n] = 0 if is_orig else 1
+        spts[s, n] = ts
+        splen[s, n] = wlen
+        ints[s, I_NSEL] = n + 1
+
+
+@njit(cache=True, inline="always")
+def _rd32(buf, i, swap):
+    if swap:
+        return (np.int64(buf[i]) << 24) | (np.int64(buf[i + 1]) << 16) | \
+            (np.int64(buf[i + 2]) << 8) | np.int64(buf[i + 3])
+    return (np.int64(buf[i + 3]) << 24) | (np.int64(buf[i + 2]) << 16) | \
+        (np.int64(buf[i + 1]) << 8) | np.int64(buf[i])
+
+
+@njit(cache=True, inline="always")
+def _rd16(buf, i, swap):
+    if swap:
+        return (np.int64(buf[i]) << 8) | np.int64(buf[i + 1])
+    return (np.int64(buf[i + 1]) << 8) | np.int64(buf[i])
+
+
+@njit(cache=True)
+def _room(ints, pool, oints, st):
+    if st[S_SLOT_TOP] < 1:
+        return R_NEED_SLOTS
+    if st[S_POOL_TOP] < 1:
+        return R_NEED_POOL
+    if st[S_NOUT] + 1 >= oints.shape[0]:
+        return R_OUT_FULL
+    return -1
+
+
+@njit(cache=True)
+def scan_pcap(buf, n, final, info, ints, tss, sel, sdir, spts, splen, pool, pool_free,
+              slot_free, keys, oints, otss, odata, odir, opts, oplen, st, fst, cfg, tmo, skips):
+    """Walk classic-pcap records in buf[st[S_POS]:n] (the 24-byte file header already read)."""
+    swap = st[S_SWAP]
+    scale = 1e-9 if st[S_NSEC] else 1e-6
+    linktype = st[S_LINKTYPE]
+    pos = st[S_POS]
+    while True:
+        if fst[FS_NOW] - fst[FS_LAST_SWEEP] >= tmo[T_SWEEP]:
+            if not _sweep(fst[FS_NOW], False, ints, tss, sel, sdir, spts, splen, pool,
+                          pool_free, slot_free, keys, oints, otss, odata, odir, opts, oplen,
+                          st, tmo):
+                st[S_POS] = pos
+                return R_OUT_FULL
+            fst[FS_LAST_SWEEP] = fst[FS_NOW]
+        if pos + 16 > n:
+            break
+        code = _room(ints, pool, oints, st)
+        if code >= 0:
+            st[S_POS] = pos
+            return code
+        caplen = _rd32(buf, pos + 8, swap)
+        if caplen > cfg[C_MAXCAP]:
+            st[S_POS] = pos
+            return R_BAD_RECORD
+        if pos + 16 + caplen > n:
+            break
+        ts = _rd32(buf, pos, swap) + _rd32(buf, pos + 4, swap) * scale
+        wlen = _rd32(buf, pos + 12, swap)
+        _packet(buf, pos + 16, pos + 16 + caplen, linktype, ts, wlen, info, ints, tss, sel,
+                sdir, spts, splen, pool, pool_free, slot_free, keys, oints, otss, odata, odir,
+                opts, oplen, st, fst, cfg, tmo, skips)
+        pos += 16 + caplen
+    if final and pos < n:
+        skips[fr.SKIP_TRUNCATED_RECORD] += 1
+        pos = n
+    st[S_POS] = pos
+    return R_NEED_DATA
+
+
+@njit(cache=True)
+def scan_pcapng(buf, n, final, info, if_link, if_res, ints, tss, sel, sdir, spts, splen, pool,
+                pool_free, slot_free, keys, oints, otss, odata, odir, opts, oplen, st, fst, cfg,
+                tmo, skips):
+    """Walk pcapng blocks in buf[st[S_POS]:n]: SHB, IDB, EPB, SPB and the obsolete PB."""
+    pos = st[S_POS]
+    while True:
+        if fst[FS_NOW] - fst[FS_LAST_SWEEP] >= tmo[T_SWEEP]:
+            if not _sweep(fst[FS_NOW], False, ints, tss, sel, sdir, spts, splen, pool,
+                          pool_free, slot_free, keys, oints, otss, odata, odir, opts, oplen,
+                          st, tmo):
+                st[S_POS] = pos
+                return R_OUT_FULL
+            fst[FS_LAST_SWEEP] = fst[FS_NOW]
+        if pos + 12 > n:
+            break
+        code = _room(ints, pool, oints, st)
+        if code >= 0:
+            st[S_POS] = pos
+            return code
+        btype = _rd32(buf, pos, st[S_SWAP])
+        if btype == 0x0A0D0D0A:
+            bom = _rd32(buf, pos + 8, 0)
+            if bom == 0x1A2B3C4D:
+                st[S_SWAP] = 0
+            elif bom == 0x4D3C2B1A:
+                st[S_SWAP] = 1
+            else:
+                st[S_POS] = pos
+                return R_BAD_RECORD
+            st[S_NIF] = 0
+        swap = st[S_SWAP]
+        blen = _rd32(buf, pos + 4, swap)
+        if blen < 12 or (blen & 3) != 0 or blen > cfg[C_MAXCAP] + 64:
+            st[S_POS] = pos
+            return R_BAD_RECORD
+        if pos + blen > n:
+            break
+        if btype == 1:  # Interface Description Block
+            nif = st[S_NIF]
+            if nif >= if_link.shape[0]:
+                st[S_POS] = pos
+                return R_NEED_IFACES
+            if_link[nif] = _rd16(buf, pos + 8, swap)
+            res = 1e-6
+            o = pos + 16
+            while o + 4 <= pos + blen - 4:
+                code_ = _rd16(buf, o, swap)
+                olen = _rd16(buf, o + 2, swap)
+                if code_ == 0:
+                    break
+                if code_ == 9 and olen >= 1:
+                    v = np.int64(buf[o + 4])
+                    res = 2.0 ** (-(v & 0x7F)) if v & 0x80 else 10.0 ** (-v)
+                o += 4 + ((olen + 3) & ~3)
+            if_res[nif] = res
+            st[S_NIF] = nif + 1
+        elif btype == 6 or btype == 2:  # Enhanced Packet Block / obsolete Packet Block
+            if btype == 6:
+                ifid = _rd32(buf, pos + 8, swap)
+            else:
+                ifid = _rd16(buf, pos + 8, swap)
+            caplen = _rd32(buf, pos + 20, swap)
+            wlen = _rd32(buf, pos + 24, swap)
+            if ifid >= st[S_NIF] or 28 + caplen > blen:
+                skips[fr.SKIP_BAD_RECORD] += 1
+            else:
+                raw = (_rd32(buf, pos + 12, swap) << 32) | _rd32(buf, pos + 16, swap)
+                ts = raw * if_res[ifid]
+                _packet(buf, pos + 28, pos + 28 + caplen, if_link[ifid], ts, wlen, info, ints,
+                        tss, sel, sdir, spts, splen, pool, pool_free, slot_free, keys, oints,
+                        otss, odata, odir, opts, oplen, st, fst, cfg, tmo, skips)
+        elif btype == 3:  # Simple Packet Block: interface 0, no timestamp
+            wlen = _rd32(buf, pos + 8, swap)
+            caplen = min(wlen, blen - 16)
+            if st[S_NIF] < 1:
+                skips[fr.SKIP_BAD_RECORD] += 1
+            else:
+                _packet(buf, pos + 12, pos + 12 + caplen, if_link[0], fst[FS_NOW], wlen, info,
+                        ints, tss, sel, sdir, spts, splen, pool, pool_free, slot_free, keys,
+                        oints, otss, odata, odir, opts, oplen, st, fst, cfg, tmo, skips)
+        pos += blen
+    if final and pos < n:
+        skips[fr.SKIP_TRUNCATED_RECORD] += 1
+        pos = n
+    st[S_POS] = pos
+    return R_NEED_DATA
+
+
+@njit(cache=True)
+def finish(ints, tss, sel, sdir, spts, splen, pool, pool_free, slot_free, keys, oints, otss,
+           odata, odir, opts, oplen, st, tmo):
+    """Emit every live flow (end of file). Returns R_OUT_FULL until all are out."""
+    if _sweep(0.0, True, ints, tss, sel, sdir, spts, splen, pool, pool_free, slot_free, keys,
+              oints, otss, odata, odir, opts, oplen, st, tmo):
+        return R_NEED_DATA
+    return R_OUT_FULL

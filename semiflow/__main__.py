@@ -1,0 +1,3 @@
+from semiflow.cli import main
+
+raise SystemExit(main())

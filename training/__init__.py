@@ -1,0 +1,1 @@
+"""Offline learning: datasets from labelled captures, training, evaluation."""
