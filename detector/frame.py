@@ -111,9 +111,6 @@ F_DST_LO = 15
 F_IPLEN = 16   # IP packet length on the wire (header + transport), from the IP header
 NFIELDS = 17
 
-_IPV6_EXT = (0, 43, 60, 51)  # hop-by-hop, routing, destination options, AH (44 handled apart)
-
-
 @njit(cache=True, inline="always")
 def _u16(b, i):
     return (np.int64(b[i]) << 8) | np.int64(b[i + 1])
@@ -129,7 +126,10 @@ def _u64(b, i):
 
 @njit(cache=True)
 def l3_offset(buf, start, end, linktype):
-    """Return (offset of the IP header, reason). Strips Ethernet (+802.1Q/QinQ), SLL, SLL2, NULL."""
+    """Return (offset of the IP header, reason).
+
+    Strips Ethernet (with 802.1Q/QinQ tags, MPLS labels, PPPoE), SLL, SLL2, NULL/LOOP.
+    """
     n = end - start
     if linktype == LINKTYPE_ETHERNET:
         if n < 14:
@@ -144,6 +144,24 @@ def l3_offset(buf, start, end, linktype):
             off += 4
         if etype == 0x0800 or etype == 0x86DD:
             return off, OK
+        if etype == 0x8847 or etype == 0x8848:  # MPLS: pop labels up to bottom-of-stack
+            while True:
+                if off + 4 > end:
+                    return -1, SKIP_TRUNCATED_LINK
+                bos = buf[off + 2] & 1
+                off += 4
+                if bos:
+                    break
+            if off < end and (buf[off] >> 4 == 4 or buf[off] >> 4 == 6):
+                return off, OK
+            return -1, SKIP_NON_IP
+        if etype == 0x8864:  # PPPoE session: 6-byte header, then the PPP protocol
+            if off + 8 > end:
+                return -1, SKIP_TRUNCATED_LINK
+            ppp = _u16(buf, off + 6)
+            if ppp == 0x0021 or ppp == 0x0057:
+                return off + 8, OK
+            return -1, SKIP_NON_IP
         return -1, SKIP_NON_IP
     if linktype == LINKTYPE_RAW or linktype == LINKTYPE_IPV4 or linktype == LINKTYPE_IPV6 \
             or linktype == LINKTYPE_RAW_BSD_A or linktype == LINKTYPE_RAW_BSD_B:
@@ -268,7 +286,7 @@ def parse_ip(buf, l3off, end, out):
             out[F_REASON] = SKIP_TRUNCATED_TCP
             return SKIP_TRUNCATED_TCP
         thl = np.int64(buf[l4off + 12] >> 4) * 4
-        if thl < 20:
+        if thl < 20 or thl > wire_l4_len:
             out[F_REASON] = SKIP_BAD_TCP
             return SKIP_BAD_TCP
         if l4off + thl > end:

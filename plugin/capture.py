@@ -233,6 +233,23 @@ def open_capture(path: str | os.PathLike):
     raise CaptureError(f"not a pcap or pcapng file (magic {magic.hex()})")
 
 
+def _read_block(fh, size: int) -> tuple[bytes, Exception | None]:
+    """Read up to size bytes; on a broken stream return what was read before the error."""
+    parts: list[bytes] = []
+    got = 0
+    read = getattr(fh, "read1", fh.read)
+    try:
+        while got < size:
+            b = read(size - got)
+            if not b:
+                break
+            parts.append(b)
+            got += len(b)
+    except (OSError, EOFError) as e:
+        return b"".join(parts), e
+    return b"".join(parts), None
+
+
 def scan_capture(path: str | os.PathLike, table: FlowTable, report: ScanReport,
                  progress: Callable[[int], None] | None = None) -> Iterator[FlowBatch]:
     """Stream one capture through the flow table, yielding finished flows."""
@@ -257,12 +274,11 @@ def scan_capture(path: str | os.PathLike, table: FlowTable, report: ScanReport,
         done = 0
         try:
             while not eof:
-                try:
-                    chunk = fh.read(BLOCK)
-                except (OSError, EOFError) as e:  # truncated or corrupt gzip stream
-                    report.bad_files.append((str(path), f"unreadable after byte {done}: {e}"))
-                    chunk = b""
-                eof = len(chunk) == 0
+                chunk, err = _read_block(fh, BLOCK)
+                if err is not None:  # truncated or corrupt gzip stream: keep what was read
+                    report.bad_files.append(
+                        (str(path), f"unreadable after byte {done + n + len(chunk)}: {err}"))
+                eof = len(chunk) == 0 or err is not None
                 if n + len(chunk) > buf.shape[0]:
                     bigger = np.zeros(n + len(chunk) + BLOCK, np.uint8)
                     bigger[:n] = buf[:n]

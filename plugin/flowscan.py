@@ -114,6 +114,8 @@ def _packet(buf, a, b, linktype, ts, wlen, info, ints, tss, sel, sdir, spts, spl
             pool_free, slot_free, keys, oints, otss, odata, odir, opts, oplen, st, fst, cfg,
             tmo, skips):
     """One frame: parse, find or open its flow, count it, keep its bytes if selected."""
+    if ts > fst[FS_NOW]:  # capture time advances with every record, as Zeek's network time
+        fst[FS_NOW] = ts
     reason = fr.parse_frame(buf, a, b, linktype, info)
     if reason != fr.OK:
         skips[reason] += 1
@@ -130,8 +132,6 @@ def _packet(buf, a, b, linktype, ts, wlen, info, ints, tss, sel, sdir, spts, spl
         key = (shi, slo, dhi, dlo, (kp_a << 16) | kp_b, proto)
     else:
         key = (dhi, dlo, shi, slo, (kp_b << 16) | kp_a, proto)
-    if ts > fst[FS_NOW]:
-        fst[FS_NOW] = ts
     tflags = info[fr.F_TCPFLAGS]
     syn_only = proto == fr.PROTO_TCP and (tflags & 0x02) != 0 and (tflags & 0x10) == 0
 

@@ -1,0 +1,128 @@
+"""An independent, slow, pure-Python reference of the flow rules, built on dpkt.
+
+Used only by tests: it shares no code with plugin/flowscan.py, so agreement on the whole
+corpus is evidence that the compiled loop implements the documented rules.
+"""
+
+from __future__ import annotations
+
+import gzip
+
+import dpkt
+
+TIMEOUT = {6: 300.0, 17: 60.0, 1: 60.0, 58: 60.0}
+CLOSE_DELAY = 5.0
+
+
+def _reader(path):
+    with open(path, "rb") as f:
+        gz = f.read(2) == b"\x1f\x8b"
+    fh = gzip.open(path, "rb") if gz else open(path, "rb")
+    magic = fh.read(4)
+    fh.seek(0)
+    if magic == b"\x0a\x0d\x0d\x0a":
+        return fh, dpkt.pcapng.Reader(fh)
+    return fh, dpkt.pcap.Reader(fh)
+
+
+def _ip_of(buf: bytes, linktype: int):
+    if linktype == 1:
+        eth = dpkt.ethernet.Ethernet(buf)
+        ip = eth.data
+    elif linktype == 113:
+        ip = dpkt.sll.SLL(buf).data
+    elif linktype == 276:
+        ip = dpkt.sll2.SLL2(buf).data
+    elif linktype in (101, 12, 14, 228, 229):
+        ip = dpkt.ip6.IP6(buf) if buf[0] >> 4 == 6 else dpkt.ip.IP(buf)
+    elif linktype in (0, 108):
+        ip = dpkt.ip6.IP6(buf[4:]) if buf[4] >> 4 == 6 else dpkt.ip.IP(buf[4:])
+    else:
+        return None
+    while isinstance(ip, (dpkt.pppoe.PPPoE, dpkt.ppp.PPP)):
+        ip = ip.data
+    return ip if isinstance(ip, (dpkt.ip.IP, dpkt.ip6.IP6)) else None
+
+
+def reference_flows(path) -> list[tuple]:
+    """(orig, resp, proto, packets) of every flow, in no particular order."""
+    fh, rd = _reader(path)
+    live: dict = {}
+    done: list = []
+    try:
+        linktype = rd.datalink()
+        now = last_sweep = 0.0
+        for ts, buf in rd:
+            ts = float(ts)
+            # Expire flows against the newest time seen, once per second of capture time.
+            if now - last_sweep >= 1.0:
+                for k in [k for k, s in live.items()
+                          if now - s["last"] > (CLOSE_DELAY if s["closed"] else TIMEOUT[k[2]])]:
+                    s = live.pop(k)
+                    done.append((s["orig"], s["resp"], k[2], s["n"]))
+                last_sweep = now
+            now = max(now, ts)
+            try:
+                ip = _ip_of(buf, linktype)
+            except (dpkt.UnpackError, IndexError, ValueError):
+                continue
+            if ip is None:
+                continue
+            if (isinstance(ip, dpkt.ip.IP) and ip.v != 4) or \
+                    (isinstance(ip, dpkt.ip6.IP6) and ip.v != 6):
+                continue  # the version nibble decides, as in Zeek (dpkt trusts the ethertype)
+            if isinstance(ip, dpkt.ip.IP):
+                if ip.offset:
+                    continue
+                src, dst, p = ip.src, ip.dst, ip.p
+            else:
+                src, dst, p = ip.src, ip.dst, ip.nxt
+                # dpkt walks extension headers into ip.data; its p is the upper protocol
+                p = getattr(ip, "p", p)
+                frag = ip.extension_hdrs.get(44) if hasattr(ip, "extension_hdrs") else None
+                if frag is not None and frag.frag_off != 0:
+                    continue
+            l4 = ip.data
+            if p in (6, 17):
+                if not isinstance(l4, (dpkt.tcp.TCP, dpkt.udp.UDP)):
+                    continue
+                if p == 6 and (l4.off < 5 or l4.off * 4 != 20 + len(l4.opts)):
+                    continue  # header length field points past the captured / IP payload
+                sp, dp = l4.sport, l4.dport
+                flags = l4.flags if p == 6 else 0
+            elif p in (1, 58):
+                if not isinstance(l4, (dpkt.icmp.ICMP, dpkt.icmp6.ICMP6)):
+                    continue
+                sp = dp = 0
+                flags = 0
+            else:
+                continue
+            a, b = (src, sp), (dst, dp)
+            key = (min(a, b), max(a, b), p)
+            st = live.get(key)
+            if st is not None:
+                closed = st["closed"]
+                tmo = CLOSE_DELAY if closed else TIMEOUT[p]
+                syn_only = p == 6 and flags & 0x02 and not flags & 0x10
+                if ts - st["last"] > tmo or (closed and syn_only):
+                    done.append((st["orig"], st["resp"], p, st["n"]))
+                    st = None
+            if st is None:
+                orig, resp = (b, a) if (p == 6 and flags & 0x12 == 0x12) else (a, b)
+                st = {"orig": orig, "resp": resp, "last": ts, "n": 0, "fin": set(),
+                      "closed": False}
+                live[key] = st
+            st["n"] += 1
+            st["last"] = max(st["last"], ts)
+            if p == 6:
+                side = (src, sp) == st["orig"]
+                if flags & 0x01:
+                    st["fin"].add(side)
+                if flags & 0x04 or len(st["fin"]) == 2:
+                    st["closed"] = True
+    except (dpkt.NeedData, dpkt.UnpackError, ValueError, EOFError, OSError):
+        pass
+    finally:
+        fh.close()
+    done.extend((st["orig"], st["resp"], k[2], st["n"]) for k, st in live.items())
+    return done
