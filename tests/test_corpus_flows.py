@@ -45,7 +45,8 @@ def test_every_file_is_read_and_counted(corpus_store):
     assert report.files == len(manifest.rows)
     # Two fuzzed captures have corrupt record framing; everything else must read cleanly.
     assert len(report.bad_files) <= 2, report.bad_files
-    assert report.packets + report.skipped_total >= 0.97 * manifest.rows["packets"].astype(int).sum()
+    expected = manifest.rows["packets"].astype(int).sum()
+    assert report.packets + report.skipped_total >= 0.97 * expected
     assert set(store.flows["label"]) <= {"normal", "anomalous", "background"}
     assert (store.flows["status"] == "no_payload").sum() > 0  # scans are reported, not dropped
 
@@ -73,7 +74,8 @@ def test_flow_counts_match_an_independent_implementation(corpus_store, corpus_di
 
 def test_attacker_hosts_split_attack_from_background(corpus_store):
     store, _, manifest = corpus_store
-    rows = manifest.rows[(manifest.rows.label == "anomalous") & (manifest.rows.attacker_hosts != "")]
+    m = manifest.rows
+    rows = m[(m.label == "anomalous") & (m.attacker_hosts != "")]
     f = store.flows
     for _, r in rows.head(5).iterrows():
         hosts = set(r.attacker_hosts.split())

@@ -71,7 +71,8 @@ def test_optional_masks(mask, zeroed):
 
 @pytest.mark.parametrize("linktype,wrap", [
     (1, ether), (1, lambda ip: ether(ip, vlans=(10,))), (1, lambda ip: ether(ip, vlans=(7, 99))),
-    (113, sll), (276, sll2), (101, bytes), (228, bytes), (0, null), (108, lambda ip: null(ip, True)),
+    (113, sll), (276, sll2), (101, bytes), (228, bytes), (0, null),
+    (108, lambda ip: null(ip, True)),
 ])
 @pytest.mark.parametrize("version", [4, 6])
 def test_every_link_type_gives_the_same_row(linktype, wrap, version):
