@@ -16,10 +16,6 @@ from semiflow import __version__
 
 COMMAND_MODULES = [
     "semiflow.cli_extract",
-    "semiflow.cli_serve",
-    "semiflow.cli_train",
-    "semiflow.cli_logs",
-    "semiflow.cli_evaluate",
 ]
 
 
