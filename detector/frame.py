@@ -341,7 +341,10 @@ def _zero(row, a, b):
 
 @njit(cache=True)
 def write_sample_row(buf, info, row, mask):
-    """Lay one parsed packet out at fixed offsets into row (uint8[L]) and apply the mask."""
+    """Lay one parsed packet out at fixed offsets into row (uint8[L]) and apply the mask.
+
+    Returns the row's extent: bytes past it are zero padding (lets storage skip them).
+    """
     L = row.shape[0]
     for i in range(L):
         row[i] = 0
@@ -388,3 +391,6 @@ def write_sample_row(buf, info, row, mask):
             _zero(row, IP_REGION + 2, IP_REGION + 4)
     if mask & MASK_PORTS and (proto == PROTO_TCP or proto == PROTO_UDP):
         _zero(row, IP_REGION, IP_REGION + 4)
+    if n_pay > 0:
+        return PAYLOAD_OFFSET + n_pay
+    return min(L, IP_REGION + min(thl, TRANSPORT_REGION))

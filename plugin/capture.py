@@ -42,17 +42,31 @@ class CaptureError(ValueError):
 
 @dataclass
 class FlowBatch:
-    """Finished flows, row i of every array belonging to flow i."""
+    """Finished flows, row i of every array belonging to flow i.
+
+    The K x L sample rows are held packed (each row cut at its extent, as on disk); `data`
+    materialises the dense uint8[m, K, L] view when asked for.
+    """
 
     ints: np.ndarray      # int64[m, flowscan.NI]
     times: np.ndarray     # float64[m, 2]: first, last packet
-    data: np.ndarray      # uint8[m, K, L]
+    packed: np.ndarray    # uint8[...]: stored part of every selected row, concatenated
+    offsets: np.ndarray   # int64[m, K]: offset of each row in packed, -1 = empty slot
+    extent: np.ndarray    # int32[m, K]: bytes of each row before its zero padding
     direction: np.ndarray  # int8[m, K]
     pkt_ts: np.ndarray    # float64[m, K]
     pkt_len: np.ndarray   # int32[m, K]
+    l: int
 
     def __len__(self) -> int:
         return self.ints.shape[0]
+
+    @property
+    def data(self) -> np.ndarray:
+        out = np.zeros((len(self), self.offsets.shape[1], self.l), np.uint8)
+        fs.unpack_rows(self.packed, self.offsets, self.extent,
+                       np.arange(len(self), dtype=np.int64), out)
+        return out
 
 
 @dataclass
@@ -97,6 +111,7 @@ class FlowTable:
         self.sdir = np.zeros((slots, k), np.int8)
         self.spts = np.zeros((slots, k), np.float64)
         self.splen = np.zeros((slots, k), np.int32)
+        self.sext = np.zeros((slots, k), np.int32)
         self.slot_free = np.arange(slots - 1, -1, -1, dtype=np.int64)
         pool = max(slots, 1024)
         self.pool = np.zeros((pool, l), np.uint8)
@@ -108,6 +123,7 @@ class FlowTable:
         self.odir = np.zeros((out, k), np.int8)
         self.opts = np.zeros((out, k), np.float64)
         self.oplen = np.zeros((out, k), np.int32)
+        self.oext = np.zeros((out, k), np.int32)
         self.st = np.zeros(fs.NS, np.int64)
         self.st[fs.S_SLOT_TOP] = slots
         self.st[fs.S_POOL_TOP] = pool
@@ -124,14 +140,14 @@ class FlowTable:
         return len(self.keys)
 
     def _state(self):
-        return (self.ints, self.tss, self.sel, self.sdir, self.spts, self.splen, self.pool,
-                self.pool_free, self.slot_free, self.keys, self.oints, self.otss, self.odata,
-                self.odir, self.opts, self.oplen, self.st)
+        return (self.ints, self.tss, self.sel, self.sdir, self.spts, self.splen, self.sext,
+                self.pool, self.pool_free, self.slot_free, self.keys, self.oints, self.otss,
+                self.odata, self.odir, self.opts, self.oplen, self.oext, self.st)
 
     def grow_slots(self) -> None:
         old = self.ints.shape[0]
         new = old * 2
-        for name in ("ints", "tss", "sel", "sdir", "spts", "splen"):
+        for name in ("ints", "tss", "sel", "sdir", "spts", "splen", "sext"):
             a = getattr(self, name)
             b = np.zeros((new,) + a.shape[1:], a.dtype)
             b[:old] = a
@@ -160,8 +176,11 @@ class FlowTable:
         m = int(self.st[fs.S_NOUT])
         if m == 0:
             return None
-        batch = FlowBatch(self.oints[:m].copy(), self.otss[:m].copy(), self.odata[:m].copy(),
-                          self.odir[:m].copy(), self.opts[:m].copy(), self.oplen[:m].copy())
+        offsets = np.empty((m, self.spec.k), np.int64)
+        packed = fs.pack_rows(self.odata[:m], self.oext[:m], 0, offsets)
+        batch = FlowBatch(self.oints[:m].copy(), self.otss[:m].copy(), packed, offsets,
+                          self.oext[:m].copy(), self.odir[:m].copy(), self.opts[:m].copy(),
+                          self.oplen[:m].copy(), self.spec.l)
         self.st[fs.S_NOUT] = 0
         return batch
 

@@ -62,8 +62,8 @@ def _timeout(ints, s, tmo):
 
 
 @njit(cache=True)
-def _emit(s, ints, tss, sel, sdir, spts, splen, pool, pool_free, slot_free, keys,
-          oints, otss, odata, odir, opts, oplen, st):
+def _emit(s, ints, tss, sel, sdir, spts, splen, sext, pool, pool_free, slot_free, keys,
+          oints, otss, odata, odir, opts, oplen, oext, st):
     m = st[S_NOUT]
     for j in range(NI):
         oints[m, j] = ints[s, j]
@@ -78,6 +78,7 @@ def _emit(s, ints, tss, sel, sdir, spts, splen, pool, pool_free, slot_free, keys
             odir[m, k] = sdir[s, k]
             opts[m, k] = spts[s, k]
             oplen[m, k] = splen[s, k]
+            oext[m, k] = sext[s, k]
             pool_free[st[S_POOL_TOP]] = p
             st[S_POOL_TOP] += 1
         else:
@@ -85,6 +86,7 @@ def _emit(s, ints, tss, sel, sdir, spts, splen, pool, pool_free, slot_free, keys
             odir[m, k] = -1
             opts[m, k] = 0.0
             oplen[m, k] = 0
+            oext[m, k] = 0
     key = (ints[s, K_AHI], ints[s, K_ALO], ints[s, K_BHI], ints[s, K_BLO],
            ints[s, K_PORTS], ints[s, K_PROTO])
     keys.pop(key)
@@ -95,8 +97,8 @@ def _emit(s, ints, tss, sel, sdir, spts, splen, pool, pool_free, slot_free, keys
 
 
 @njit(cache=True)
-def _sweep(now, final, ints, tss, sel, sdir, spts, splen, pool, pool_free, slot_free, keys,
-           oints, otss, odata, odir, opts, oplen, st, tmo):
+def _sweep(now, final, ints, tss, sel, sdir, spts, splen, sext, pool, pool_free, slot_free, keys,
+           oints, otss, odata, odir, opts, oplen, oext, st, tmo):
     """Emit expired flows (all live flows when final). Returns False if the output filled up."""
     for s in range(ints.shape[0]):
         if ints[s, I_ALIVE] == 0:
@@ -104,14 +106,14 @@ def _sweep(now, final, ints, tss, sel, sdir, spts, splen, pool, pool_free, slot_
         if final or now - tss[s, 1] > _timeout(ints, s, tmo):
             if st[S_NOUT] >= oints.shape[0]:
                 return False
-            _emit(s, ints, tss, sel, sdir, spts, splen, pool, pool_free, slot_free, keys,
-                  oints, otss, odata, odir, opts, oplen, st)
+            _emit(s, ints, tss, sel, sdir, spts, splen, sext, pool, pool_free, slot_free, keys,
+                  oints, otss, odata, odir, opts, oplen, oext, st)
     return True
 
 
 @njit(cache=True)
-def _packet(buf, a, b, linktype, ts, wlen, info, ints, tss, sel, sdir, spts, splen, pool,
-            pool_free, slot_free, keys, oints, otss, odata, odir, opts, oplen, st, fst, cfg,
+def _packet(buf, a, b, linktype, ts, wlen, info, ints, tss, sel, sdir, spts, splen, sext, pool,
+            pool_free, slot_free, keys, oints, otss, odata, odir, opts, oplen, oext, st, fst, cfg,
             tmo, skips):
     """One frame: parse, find or open its flow, count it, keep its bytes if selected."""
     if ts > fst[FS_NOW]:  # capture time advances with every record, as Zeek's network time
@@ -140,8 +142,8 @@ def _packet(buf, a, b, linktype, ts, wlen, info, ints, tss, sel, sdir, spts, spl
         f = ints[s, I_FLAGS]
         closed = ((f & O_FIN) and (f & R_FIN)) or (f & O_RST) or (f & R_RST)
         if ts - tss[s, 1] > _timeout(ints, s, tmo) or (closed and syn_only):
-            _emit(s, ints, tss, sel, sdir, spts, splen, pool, pool_free, slot_free, keys,
-                  oints, otss, odata, odir, opts, oplen, st)
+            _emit(s, ints, tss, sel, sdir, spts, splen, sext, pool, pool_free, slot_free, keys,
+                  oints, otss, odata, odir, opts, oplen, oext, st)
             s = -1
     if s < 0:
         st[S_SLOT_TOP] -= 1
@@ -211,7 +213,7 @@ def _packet(buf, a, b, linktype, ts, wlen, info, ints, tss, sel, sdir, spts, spl
     if n < cfg[C_K] and (cfg[C_SELECT] == 1 or pay > 0):
         st[S_POOL_TOP] -= 1
         p = pool_free[st[S_POOL_TOP]]
-        fr.write_sample_row(buf, info, pool[p], cfg[C_MASK])
+        sext[s, n] = fr.write_sample_row(buf, info, pool[p], cfg[C_MASK])
         sel[s, n] = p
         sdir[s, n] = 0 if is_orig else 1
         spts[s, n] = ts
@@ -247,8 +249,9 @@ def _room(ints, pool, oints, st):
 
 
 @njit(cache=True)
-def scan_pcap(buf, n, final, info, ints, tss, sel, sdir, spts, splen, pool, pool_free,
-              slot_free, keys, oints, otss, odata, odir, opts, oplen, st, fst, cfg, tmo, skips):
+def scan_pcap(buf, n, final, info, ints, tss, sel, sdir, spts, splen, sext, pool, pool_free,
+              slot_free, keys, oints, otss, odata, odir, opts, oplen, oext, st, fst, cfg, tmo,
+              skips):
     """Walk classic-pcap records in buf[st[S_POS]:n] (the 24-byte file header already read)."""
     swap = st[S_SWAP]
     scale = 1e-9 if st[S_NSEC] else 1e-6
@@ -256,8 +259,8 @@ def scan_pcap(buf, n, final, info, ints, tss, sel, sdir, spts, splen, pool, pool
     pos = st[S_POS]
     while True:
         if fst[FS_NOW] - fst[FS_LAST_SWEEP] >= tmo[T_SWEEP]:
-            if not _sweep(fst[FS_NOW], False, ints, tss, sel, sdir, spts, splen, pool,
-                          pool_free, slot_free, keys, oints, otss, odata, odir, opts, oplen,
+            if not _sweep(fst[FS_NOW], False, ints, tss, sel, sdir, spts, splen, sext, pool,
+                          pool_free, slot_free, keys, oints, otss, odata, odir, opts, oplen, oext,
                           st, tmo):
                 st[S_POS] = pos
                 return R_OUT_FULL
@@ -277,8 +280,8 @@ def scan_pcap(buf, n, final, info, ints, tss, sel, sdir, spts, splen, pool, pool
         ts = _rd32(buf, pos, swap) + _rd32(buf, pos + 4, swap) * scale
         wlen = _rd32(buf, pos + 12, swap)
         _packet(buf, pos + 16, pos + 16 + caplen, linktype, ts, wlen, info, ints, tss, sel,
-                sdir, spts, splen, pool, pool_free, slot_free, keys, oints, otss, odata, odir,
-                opts, oplen, st, fst, cfg, tmo, skips)
+                sdir, spts, splen, sext, pool, pool_free, slot_free, keys, oints, otss, odata,
+                odir, opts, oplen, oext, st, fst, cfg, tmo, skips)
         pos += 16 + caplen
     if final and pos < n:
         skips[fr.SKIP_TRUNCATED_RECORD] += 1
@@ -288,15 +291,15 @@ def scan_pcap(buf, n, final, info, ints, tss, sel, sdir, spts, splen, pool, pool
 
 
 @njit(cache=True)
-def scan_pcapng(buf, n, final, info, if_link, if_res, ints, tss, sel, sdir, spts, splen, pool,
-                pool_free, slot_free, keys, oints, otss, odata, odir, opts, oplen, st, fst, cfg,
-                tmo, skips):
+def scan_pcapng(buf, n, final, info, if_link, if_res, ints, tss, sel, sdir, spts, splen, sext,
+                pool, pool_free, slot_free, keys, oints, otss, odata, odir, opts, oplen, oext, st,
+                fst, cfg, tmo, skips):
     """Walk pcapng blocks in buf[st[S_POS]:n]: SHB, IDB, EPB, SPB and the obsolete PB."""
     pos = st[S_POS]
     while True:
         if fst[FS_NOW] - fst[FS_LAST_SWEEP] >= tmo[T_SWEEP]:
-            if not _sweep(fst[FS_NOW], False, ints, tss, sel, sdir, spts, splen, pool,
-                          pool_free, slot_free, keys, oints, otss, odata, odir, opts, oplen,
+            if not _sweep(fst[FS_NOW], False, ints, tss, sel, sdir, spts, splen, sext, pool,
+                          pool_free, slot_free, keys, oints, otss, odata, odir, opts, oplen, oext,
                           st, tmo):
                 st[S_POS] = pos
                 return R_OUT_FULL
@@ -357,8 +360,8 @@ def scan_pcapng(buf, n, final, info, if_link, if_res, ints, tss, sel, sdir, spts
                 raw = (_rd32(buf, pos + 12, swap) << 32) | _rd32(buf, pos + 16, swap)
                 ts = raw * if_res[ifid]
                 _packet(buf, pos + 28, pos + 28 + caplen, if_link[ifid], ts, wlen, info, ints,
-                        tss, sel, sdir, spts, splen, pool, pool_free, slot_free, keys, oints,
-                        otss, odata, odir, opts, oplen, st, fst, cfg, tmo, skips)
+                        tss, sel, sdir, spts, splen, sext, pool, pool_free, slot_free, keys, oints,
+                        otss, odata, odir, opts, oplen, oext, st, fst, cfg, tmo, skips)
         elif btype == 3:  # Simple Packet Block: interface 0, no timestamp
             wlen = _rd32(buf, pos + 8, swap)
             caplen = min(wlen, blen - 16)
@@ -366,8 +369,8 @@ def scan_pcapng(buf, n, final, info, if_link, if_res, ints, tss, sel, sdir, spts
                 skips[fr.SKIP_BAD_RECORD] += 1
             else:
                 _packet(buf, pos + 12, pos + 12 + caplen, if_link[0], fst[FS_NOW], wlen, info,
-                        ints, tss, sel, sdir, spts, splen, pool, pool_free, slot_free, keys,
-                        oints, otss, odata, odir, opts, oplen, st, fst, cfg, tmo, skips)
+                        ints, tss, sel, sdir, spts, splen, sext, pool, pool_free, slot_free, keys,
+                        oints, otss, odata, odir, opts, oplen, oext, st, fst, cfg, tmo, skips)
         pos += blen
     if final and pos < n:
         skips[fr.SKIP_TRUNCATED_RECORD] += 1
@@ -377,10 +380,60 @@ def scan_pcapng(buf, n, final, info, if_link, if_res, ints, tss, sel, sdir, spts
 
 
 @njit(cache=True)
-def finish(ints, tss, sel, sdir, spts, splen, pool, pool_free, slot_free, keys, oints, otss,
-           odata, odir, opts, oplen, st, tmo):
+def finish(ints, tss, sel, sdir, spts, splen, sext, pool, pool_free, slot_free, keys, oints, otss,
+           odata, odir, opts, oplen, oext, st, tmo):
     """Emit every live flow (end of file). Returns R_OUT_FULL until all are out."""
-    if _sweep(0.0, True, ints, tss, sel, sdir, spts, splen, pool, pool_free, slot_free, keys,
-              oints, otss, odata, odir, opts, oplen, st, tmo):
+    if _sweep(0.0, True, ints, tss, sel, sdir, spts, splen, sext, pool, pool_free, slot_free, keys,
+              oints, otss, odata, odir, opts, oplen, oext, st, tmo):
         return R_NEED_DATA
     return R_OUT_FULL
+
+
+@njit(cache=True)
+def pack_rows(data, ext, base, offs):
+    """Concatenate the stored part of every selected row; offs gets each row's offset."""
+    m, kk = ext.shape
+    total = 0
+    for i in range(m):
+        for k in range(kk):
+            total += ext[i, k]
+    out = np.empty(total, np.uint8)
+    o = 0
+    for i in range(m):
+        for k in range(kk):
+            e = ext[i, k]
+            if e > 0:
+                out[o:o + e] = data[i, k, :e]
+                offs[i, k] = base + o
+                o += e
+            else:
+                offs[i, k] = -1
+    return out
+
+
+@njit(cache=True)
+def unpack_rows(blob, offs, exts, rows, out):
+    """Dense rows back from packed storage (out is zeroed by the caller)."""
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        for k in range(offs.shape[1]):
+            o = offs[r, k]
+            if o >= 0:
+                e = exts[r, k]
+                out[i, k, :e] = blob[o:o + e]
+
+
+@njit(cache=True)
+def unpack_packets(blob, offs, exts, rows, out, pos):
+    """The selected packets of the given flows as rows, and each one's flow position."""
+    n = 0
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        for k in range(offs.shape[1]):
+            o = offs[r, k]
+            if o >= 0:
+                e = exts[r, k]
+                out[n, :e] = blob[o:o + e]
+                pos[n] = i
+                n += 1
+    return n

@@ -1,21 +1,26 @@
 """The on-disk format of extracted flows (docs/flow-sample-spec.md, "Output format").
 
 A directory holding
-    samples.npy    uint8[N, K, L]   the model input, row i = flow i of flows.parquet
+    packets.bin    the selected packets' sample rows, each cut at its extent (the zero padding
+                   up to L is not stored: on real traffic that is ~90% of N x K x L)
+    pkt_off.npy    int64[N, K]      byte offset of each packet's row in packets.bin, -1 = empty
+    pkt_ext.npy    int32[N, K]      stored length of each row (the rest of the L bytes are zero)
     pkt_dir.npy    int8[N, K]       0 originator->responder, 1 responder->originator, -1 empty
     pkt_ts.npy     float64[N, K]    packet timestamps (epoch seconds)
     pkt_len.npy    int32[N, K]      wire length of each packet
     flows.parquet  the flow table (one row per flow, Zeek conn.log-like columns)
     extract.json   spec, inputs, counts and skipped packets by reason
-All arrays are written as a stream (header rewritten at close), so N is not bounded by memory.
+FlowStore.open() presents the samples as an N x K x L uint8 array (PackedSamples: indexing
+materialises only the rows asked for). Everything is written as a stream, so N is not
+bounded by memory.
 """
 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,10 +70,15 @@ class NpyStreamWriter:
         self._f.close()
 
 
-def _addr(ver: int, hi: int, lo: int) -> str:
-    if ver == 4:
-        return str(ipaddress.IPv4Address(lo & 0xFFFFFFFF))
-    return str(ipaddress.IPv6Address(((hi & (2**64 - 1)) << 64) | (lo & (2**64 - 1))))
+def _addresses(ver: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> list[str]:
+    out = []
+    for v, h, l in zip(ver.tolist(), hi.tolist(), lo.tolist()):
+        if v == 4:
+            out.append(socket.inet_ntop(socket.AF_INET, (l & 0xFFFFFFFF).to_bytes(4, "big")))
+        else:
+            b = (h & (2**64 - 1)).to_bytes(8, "big") + (l & (2**64 - 1)).to_bytes(8, "big")
+            out.append(socket.inet_ntop(socket.AF_INET6, b))
+    return out
 
 
 def conn_state(flags: np.ndarray, proto: np.ndarray, orig_pkts: np.ndarray,
@@ -90,16 +100,34 @@ def conn_state(flags: np.ndarray, proto: np.ndarray, orig_pkts: np.ndarray,
     return np.where(proto == 6, tcp, other)
 
 
-def make_uid(source: str, seq: int, ts: float) -> str:
-    """A Zeek-style connection uid ("C" + base62), deterministic so reruns agree."""
-    h = int.from_bytes(hashlib.blake2b(f"{source}|{seq}|{ts:.6f}".encode(), digest_size=12)
-                       .digest(), "big")
-    alphabet = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-    out = []
-    while h:
-        h, r = divmod(h, 62)
-        out.append(alphabet[r])
-    return "C" + "".join(reversed(out))
+_B62 = np.frombuffer(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz", np.uint8)
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a well-spread 64-bit hash of each element."""
+    x = x.astype(np.uint64)
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def make_uids(source: str, seq: np.ndarray, ts: np.ndarray) -> list[str]:
+    """Zeek-style connection uids ("C" + base62), deterministic so reruns agree."""
+    salt = np.uint64(int.from_bytes(hashlib.blake2b(source.encode(), digest_size=8).digest(),
+                                    "big"))
+    usec = np.round(np.asarray(ts) * 1e6).astype(np.int64).view(np.uint64)
+    with np.errstate(over="ignore"):
+        a = _mix64(np.asarray(seq, np.int64).view(np.uint64) ^ salt)
+        b = _mix64(a ^ usec)
+    chars = np.empty((len(a), 17), np.uint8)
+    chars[:, 0] = ord("C")
+    for j, part in ((1, a), (9, b)):  # 8 base62 digits from each 64-bit half
+        v = part.copy()
+        for i in range(8):
+            chars[:, j + i] = _B62[(v % np.uint64(62)).astype(np.int64)]
+            v //= np.uint64(62)
+    return chars.view("S17").ravel().astype(str).tolist()
 
 
 def batch_to_frame(batch: FlowBatch, source: str) -> pd.DataFrame:
@@ -109,15 +137,12 @@ def batch_to_frame(batch: FlowBatch, source: str) -> pd.DataFrame:
     nsel = I[:, fs.I_NSEL]
     proto = I[:, fs.I_PROTO]
     df = pd.DataFrame({
-        "uid": [make_uid(source, int(s), float(t)) for s, t in zip(I[:, fs.I_SEQ],
-                                                                     batch.times[:, 0])],
+        "uid": make_uids(source, I[:, fs.I_SEQ], batch.times[:, 0]),
         "ts": batch.times[:, 0],
         "duration": batch.times[:, 1] - batch.times[:, 0],
-        "orig_h": [_addr(int(v), int(h), int(lo)) for v, h, lo in
-                   zip(ver, I[:, fs.I_ORIG_HI], I[:, fs.I_ORIG_LO])],
+        "orig_h": _addresses(ver, I[:, fs.I_ORIG_HI], I[:, fs.I_ORIG_LO]),
         "orig_p": I[:, fs.I_ORIG_P].astype(np.int32),
-        "resp_h": [_addr(int(v), int(h), int(lo)) for v, h, lo in
-                   zip(ver, I[:, fs.I_RESP_HI], I[:, fs.I_RESP_LO])],
+        "resp_h": _addresses(ver, I[:, fs.I_RESP_HI], I[:, fs.I_RESP_LO]),
         "resp_p": I[:, fs.I_RESP_P].astype(np.int32),
         "proto": [PROTO_NAMES.get(int(p), str(int(p))) for p in proto],
         "ip_version": ver.astype(np.int8),
@@ -133,6 +158,49 @@ def batch_to_frame(batch: FlowBatch, source: str) -> pd.DataFrame:
     return df
 
 
+class PackedSamples:
+    """N x K x L uint8 samples, stored without their zero padding; indexes like an array."""
+
+    ndim = 3
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, blob: np.ndarray, offs: np.ndarray, exts: np.ndarray, l: int):
+        self.blob, self.offs, self.exts = blob, offs, exts
+        self.shape = (offs.shape[0], offs.shape[1], l)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def rows(self, rows) -> np.ndarray:
+        """Dense uint8[len(rows), K, L] for the given flow rows."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        out = np.zeros((rows.shape[0],) + self.shape[1:], np.uint8)
+        fs.unpack_rows(self.blob, self.offs, self.exts, rows, out)
+        return out
+
+    def packet_rows(self, rows) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8[n_packets, L], position of each packet's flow within rows)."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        n = int((self.offs[rows] >= 0).sum()) if rows.size else 0
+        out = np.zeros((n, self.shape[2]), np.uint8)
+        pos = np.zeros(n, np.int64)
+        fs.unpack_packets(self.blob, self.offs, self.exts, rows, out, pos)
+        return out, pos
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        first, rest = key[0], key[1:]
+        if isinstance(first, (int, np.integer)):
+            dense = self.rows([int(first) % self.shape[0]])[0]
+            return dense[rest] if rest else dense
+        dense = self.rows(np.arange(self.shape[0])[first])
+        return dense[(slice(None),) + rest] if rest else dense
+
+    def __array__(self, dtype=None, copy=None):
+        a = self.rows(np.arange(self.shape[0]))
+        return a if dtype is None else a.astype(dtype)
+
+
 class FlowStoreWriter:
     """Streams batches of flows into an extraction directory."""
 
@@ -140,8 +208,11 @@ class FlowStoreWriter:
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.spec = spec
-        k, l = spec.k, spec.l
-        self.samples = NpyStreamWriter(self.dir / "samples.npy", np.uint8, (k, l))
+        k = spec.k
+        self._blob = open(self.dir / "packets.bin", "wb")
+        self._blob_size = 0
+        self.pkt_off = NpyStreamWriter(self.dir / "pkt_off.npy", np.int64, (k,))
+        self.pkt_ext = NpyStreamWriter(self.dir / "pkt_ext.npy", np.int32, (k,))
         self.pkt_dir = NpyStreamWriter(self.dir / "pkt_dir.npy", np.int8, (k,))
         self.pkt_ts = NpyStreamWriter(self.dir / "pkt_ts.npy", np.float64, (k,))
         self.pkt_len = NpyStreamWriter(self.dir / "pkt_len.npy", np.int32, (k,))
@@ -151,7 +222,11 @@ class FlowStoreWriter:
     def write(self, batch: FlowBatch, table: pd.DataFrame) -> None:
         table = table.copy()
         table.insert(0, "row", np.arange(self.rows, self.rows + len(table), dtype=np.int64))
-        self.samples.write(batch.data)
+        offs = np.where(batch.offsets >= 0, batch.offsets + self._blob_size, -1)
+        self._blob.write(batch.packed.data)
+        self._blob_size += batch.packed.shape[0]
+        self.pkt_off.write(offs)
+        self.pkt_ext.write(batch.extent)
         self.pkt_dir.write(batch.direction)
         self.pkt_ts.write(batch.pkt_ts)
         self.pkt_len.write(batch.pkt_len)
@@ -163,21 +238,22 @@ class FlowStoreWriter:
         self.rows += len(table)
 
     def close(self, meta: dict) -> None:
-        for w in (self.samples, self.pkt_dir, self.pkt_ts, self.pkt_len):
+        self._blob.close()
+        for w in (self.pkt_off, self.pkt_ext, self.pkt_dir, self.pkt_ts, self.pkt_len):
             w.close()
         if self._pq is None:  # no flow at all: still write a readable, empty table
-            empty = batch_to_frame(FlowBatch(np.zeros((0, fs.NI), np.int64),
-                                             np.zeros((0, 2)), np.zeros((0, 1, 1), np.uint8),
-                                             np.zeros((0, 1), np.int8), np.zeros((0, 1)),
-                                             np.zeros((0, 1), np.int32)), "")
+            z = np.zeros((0, 1), np.int32)
+            empty = batch_to_frame(FlowBatch(np.zeros((0, fs.NI), np.int64), np.zeros((0, 2)),
+                                             np.zeros(0, np.uint8), z.astype(np.int64), z,
+                                             z.astype(np.int8), z.astype(float), z, 1), "")
             empty.insert(0, "row", np.zeros(0, np.int64))
-            for col in ("label", "family"):
+            for col in ("label", "family", "source"):
                 empty[col] = pd.Series([], dtype=object)
             pq.write_table(pa.Table.from_pandas(empty, preserve_index=False),
                            self.dir / "flows.parquet")
         else:
             self._pq.close()
-        meta = dict(meta, spec=self.spec.to_dict(), flows=self.rows, format_version=1)
+        meta = dict(meta, spec=self.spec.to_dict(), flows=self.rows, format_version=2)
         (self.dir / "extract.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
 
 
@@ -188,7 +264,7 @@ class FlowStore:
     path: Path
     spec: FlowSampleSpec
     flows: pd.DataFrame
-    samples: np.ndarray
+    samples: PackedSamples
     pkt_dir: np.ndarray
     pkt_ts: np.ndarray
     pkt_len: np.ndarray
@@ -201,11 +277,27 @@ class FlowStore:
             meta = json.loads((p / "extract.json").read_text())
         except FileNotFoundError as e:
             raise ValueError(f"{p} is not an extraction directory (no extract.json)") from e
+        except ValueError as e:
+            raise ValueError(f"{p}/extract.json is corrupt: {e}") from e
+        if meta.get("format_version") != 2:
+            raise ValueError(f"{p}: extraction format {meta.get('format_version')} is not "
+                             "supported by this version (2); re-run semiflow extract")
+        spec = FlowSampleSpec.from_dict(meta["spec"])
         mode = "r" if mmap else None
-        arrays = {n: np.load(p / f"{n}.npy", mmap_mode=mode)
-                  for n in ("samples", "pkt_dir", "pkt_ts", "pkt_len")}
-        flows = pq.read_table(p / "flows.parquet").to_pandas()
-        if len(flows) != arrays["samples"].shape[0]:
-            raise ValueError(f"{p}: flows.parquet has {len(flows)} rows but samples.npy "
-                             f"{arrays['samples'].shape[0]}")
-        return cls(p, FlowSampleSpec.from_dict(meta["spec"]), flows, meta=meta, **arrays)
+        try:
+            arrays = {n: np.load(p / f"{n}.npy", mmap_mode=mode)
+                      for n in ("pkt_off", "pkt_ext", "pkt_dir", "pkt_ts", "pkt_len")}
+            size = (p / "packets.bin").stat().st_size
+            blob = (np.memmap(p / "packets.bin", np.uint8, "r") if size and mmap else
+                    np.fromfile(p / "packets.bin", np.uint8))
+            flows = pq.read_table(p / "flows.parquet").to_pandas()
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{p}: unreadable extraction ({e})") from e
+        n = arrays["pkt_off"].shape[0]
+        if len(flows) != n:
+            raise ValueError(f"{p}: flows.parquet has {len(flows)} rows but pkt_off.npy {n}")
+        ends = arrays["pkt_off"] + arrays["pkt_ext"]
+        if n and int(ends.max(initial=0)) > size:
+            raise ValueError(f"{p}: packets.bin is truncated ({size} bytes)")
+        samples = PackedSamples(blob, arrays.pop("pkt_off"), arrays.pop("pkt_ext"), spec.l)
+        return cls(p, spec, flows, samples, meta=meta, **arrays)

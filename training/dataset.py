@@ -20,17 +20,7 @@ def packet_rows(store: FlowStore, flows: np.ndarray | pd.Index | None = None
     can use detector.aggregate.aggregate_flow_scores(scores, flow_pos, len(flows)).
     """
     rows = np.arange(len(store.flows)) if flows is None else np.asarray(flows, dtype=np.int64)
-    nsel = store.flows["n_selected"].to_numpy()[rows].astype(np.int64)
-    total = int(nsel.sum())
-    L = store.samples.shape[2]
-    X = np.empty((total, L), np.uint8)
-    pos = np.repeat(np.arange(len(rows)), nsel)
-    o = 0
-    for r, n in zip(rows, nsel):
-        if n:
-            X[o:o + n] = store.samples[r, :n]
-            o += n
-    return X, pos
+    return store.samples.packet_rows(rows)
 
 
 def split_by_file(flows: pd.DataFrame, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
