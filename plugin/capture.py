@@ -100,7 +100,7 @@ class ScanReport:
 class FlowTable:
     """The numba kernels' state: live flows, a pool of sample rows, an output buffer."""
 
-    def __init__(self, spec: FlowSampleSpec, slots: int = 4096, out: int = 2048,
+    def __init__(self, spec: FlowSampleSpec, slots: int = 4096, out: int = 4096,
                  timeouts: dict[str, float] | None = None, sweep_every: float = 1.0):
         self.spec = spec
         k, l = spec.k, spec.l

@@ -70,15 +70,19 @@ class NpyStreamWriter:
         self._f.close()
 
 
-def _addresses(ver: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> list[str]:
-    out = []
-    for v, h, l in zip(ver.tolist(), hi.tolist(), lo.tolist()):
+def _addresses(ver: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """Text addresses; each distinct address of the batch is formatted once."""
+    if len(ver) == 0:
+        return np.array([], dtype=object)
+    uniq, inv = np.unique(np.stack([ver, hi, lo], axis=1), axis=0, return_inverse=True)
+    text = []
+    for v, h, l in uniq.tolist():
         if v == 4:
-            out.append(socket.inet_ntop(socket.AF_INET, (l & 0xFFFFFFFF).to_bytes(4, "big")))
+            text.append(socket.inet_ntop(socket.AF_INET, (l & 0xFFFFFFFF).to_bytes(4, "big")))
         else:
             b = (h & (2**64 - 1)).to_bytes(8, "big") + (l & (2**64 - 1)).to_bytes(8, "big")
-            out.append(socket.inet_ntop(socket.AF_INET6, b))
-    return out
+            text.append(socket.inet_ntop(socket.AF_INET6, b))
+    return np.array(text, dtype=object)[inv.reshape(-1)]
 
 
 def conn_state(flags: np.ndarray, proto: np.ndarray, orig_pkts: np.ndarray,
