@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from numba import njit
 
 from . import frame as fr
 
@@ -113,34 +114,108 @@ def sample_row(data: bytes | np.ndarray, linktype: int, spec: FlowSampleSpec) ->
     return row
 
 
+STATUS_CODES = (STATUS_OK, STATUS_NO_PAYLOAD, STATUS_UNPARSED)  # build_flow_samples' codes
+
+
+@dataclass
+class FlowSampleBatch:
+    """m flows' model input from one `build_flow_samples` call (row i = flow i)."""
+
+    data: np.ndarray          # uint8[m, K, L]
+    direction: np.ndarray     # int8[m, K]: 0 orig -> resp, 1 back, -1 empty slot
+    ts: np.ndarray            # float64[m, K]
+    wire_len: np.ndarray      # int32[m, K]
+    n_selected: np.ndarray    # int64[m]
+    status: np.ndarray        # int8[m]: index into STATUS_CODES
+    skipped: np.ndarray       # int64[m, len(frame.SKIP_REASONS)]: frames skipped, by reason
+
+    def skipped_dict(self, i: int) -> dict[str, int]:
+        return {fr.SKIP_REASONS[r]: int(c) for r, c in enumerate(self.skipped[i]) if c}
+
+    def flow(self, i: int) -> FlowSample:
+        return FlowSample(self.data[i], self.direction[i], self.ts[i], self.wire_len[i],
+                          int(self.n_selected[i]), STATUS_CODES[self.status[i]],
+                          self.skipped_dict(i))
+
+
+@njit(cache=True, nogil=True)
+def _build_flow_samples(blob, frame_off, frame_len, linktype, ts, wire_len, is_orig,
+                        flow_start, select_all, mask, data, direction, out_ts, out_wlen,
+                        n_sel, status, skipped):
+    """The one loop over flows and their frames (arrival order); outputs pre-zeroed."""
+    info = np.zeros(fr.NFIELDS, np.int64)
+    k = data.shape[1]
+    for f in range(flow_start.shape[0] - 1):
+        n = 0
+        parsed = 0
+        for j in range(flow_start[f], flow_start[f + 1]):
+            a = frame_off[j]
+            buf = blob[a:a + frame_len[j]]
+            reason = fr.parse_frame(buf, 0, buf.shape[0], linktype[j], info)
+            if reason != fr.OK:
+                skipped[f, reason] += 1
+                continue
+            parsed += 1
+            if n >= k or not (select_all or info[fr.F_PAYLEN] > 0):
+                continue
+            fr.write_sample_row(buf, info, data[f, n], mask)
+            direction[f, n] = 0 if is_orig[j] else 1
+            out_ts[f, n] = ts[j]
+            out_wlen[f, n] = wire_len[j]
+            n += 1
+        n_sel[f] = n
+        status[f] = 0 if n else (1 if parsed else 2)
+
+
+def build_flow_samples(blob: np.ndarray, frame_off: np.ndarray, frame_len: np.ndarray,
+                       linktype: np.ndarray, ts: np.ndarray, wire_len: np.ndarray,
+                       is_orig: np.ndarray, flow_start: np.ndarray,
+                       spec: FlowSampleSpec) -> FlowSampleBatch:
+    """Apply the spec to many flows at once, in one compiled loop (the live path's decoder).
+
+    Frames are byte ranges of one uint8 blob: frame j is blob[frame_off[j]:+frame_len[j]],
+    with its linktype, ts, wire_len and is_orig; flow i owns frames
+    flow_start[i]:flow_start[i+1], in arrival order (flow_start has m+1 entries). The
+    capture loop calls the same kernels (parse_frame, write_sample_row).
+    """
+    flow_start = np.ascontiguousarray(flow_start, np.int64)
+    nf = int(flow_start[-1]) if len(flow_start) else 0
+    arrs = [np.ascontiguousarray(a, t) for a, t in (
+        (frame_off, np.int64), (frame_len, np.int64), (linktype, np.int64),
+        (ts, np.float64), (wire_len, np.int64), (is_orig, np.bool_))]
+    if flow_start.ndim != 1 or len(flow_start) < 1 or flow_start[0] != 0 \
+            or (np.diff(flow_start) < 0).any() or any(len(a) < nf for a in arrs):
+        raise ValueError("build_flow_samples: flow_start must run from 0 up to the frame count")
+    blob = np.ascontiguousarray(blob, np.uint8)
+    if nf and (arrs[0][:nf].min() < 0 or arrs[1][:nf].min() < 0
+               or (arrs[0][:nf] + arrs[1][:nf]).max() > len(blob)):
+        raise ValueError("build_flow_samples: a frame lies outside the blob")
+    m = len(flow_start) - 1
+    data, direction, out_ts, out_wlen = empty_flow_arrays(spec, m)
+    n_sel = np.zeros(m, np.int64)
+    status = np.zeros(m, np.int8)
+    skipped = np.zeros((m, len(fr.SKIP_REASONS)), np.int64)
+    _build_flow_samples(blob, *arrs, flow_start, spec.selection == SELECT_ALL,
+                        spec.mask_bits, data, direction, out_ts, out_wlen, n_sel, status,
+                        skipped)
+    return FlowSampleBatch(data, direction, out_ts, out_wlen, n_sel, status, skipped)
+
+
 def build_flow_sample(frames: Iterable[tuple[bytes, int, float, int, bool]],
                       spec: FlowSampleSpec) -> FlowSample:
     """Apply the spec to one connection's frames, in arrival order.
 
-    Each frame is (bytes, linktype, ts, wire_len, is_orig). This is the live path's entry
-    point; the capture loop calls the same kernels (parse_frame, write_sample_row).
+    Each frame is (bytes, linktype, ts, wire_len, is_orig); a thin wrapper over
+    build_flow_samples, so one and many flows go through the same code.
     """
-    data, direction, ts, wire_len = empty_flow_arrays(spec)
-    data, direction, ts, wire_len = data[0], direction[0], ts[0], wire_len[0]
-    skipped: dict[str, int] = {}
-    n = 0
-    parsed = 0
-    info = np.zeros(fr.NFIELDS, np.int64)
-    bits = spec.mask_bits
-    for raw, linktype, t, wlen, is_orig in frames:
-        buf = np.frombuffer(raw, np.uint8)
-        reason = fr.parse_frame(buf, 0, buf.shape[0], int(linktype), info)
-        if reason != fr.OK:
-            name = fr.SKIP_REASONS[reason]
-            skipped[name] = skipped.get(name, 0) + 1
-            continue
-        parsed += 1
-        if n >= spec.k or not spec.selects(int(info[fr.F_PAYLEN])):
-            continue
-        fr.write_sample_row(buf, info, data[n], bits)
-        direction[n] = 0 if is_orig else 1
-        ts[n] = t
-        wire_len[n] = wlen
-        n += 1
-    status = STATUS_OK if n else (STATUS_NO_PAYLOAD if parsed else STATUS_UNPARSED)
-    return FlowSample(data, direction, ts, wire_len, n, status, skipped)
+    frames = list(frames)
+    lens = np.array([len(f[0]) for f in frames], np.int64)
+    off = np.zeros(len(frames), np.int64)
+    np.cumsum(lens[:-1], out=off[1:])
+    blob = np.frombuffer(b"".join(bytes(f[0]) for f in frames), np.uint8)
+    col = list(zip(*frames)) if frames else [(), (), (), (), ()]
+    batch = build_flow_samples(
+        blob, off, lens, np.array(col[1], np.int64), np.array(col[2], np.float64),
+        np.array(col[3], np.int64), np.array(col[4], np.bool_),
+        np.array([0, len(frames)], np.int64), spec)
+    return batch.flow(0)

@@ -16,6 +16,12 @@ from semiflow import __version__
 
 COMMAND_MODULES = [
     "semiflow.cli_extract",
+    "semiflow.cli_serve",
+    "semiflow.cli_train",
+    "semiflow.cli_score",
+    "semiflow.cli_logs",
+    "semiflow.cli_evaluate",
+    "semiflow.cli_suricata",
 ]
 
 

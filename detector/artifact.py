@@ -1,0 +1,166 @@
+"""The model artifact: a directory that says everything needed to score, and how it was made.
+
+    model.safetensors    encoder.* and classifier.* tensors (safetensors: loading runs no code)
+    semiflow-model.json  format, model name/version, SemiFlowConfig, FlowSampleSpec, aggregate,
+                         threshold, sha256 of the weights
+    provenance.json      data files + sha256, metrics, package versions, git commit, command
+
+Inference needs only the encoder and the classifier, so only they are stored. Anything
+missing, corrupt or inconsistent raises ValueError naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .semiflow_model import Classifier, Encoder, SemiFlowConfig
+from .spec import FlowSampleSpec
+from .threshold import Threshold
+
+FORMAT = "semiflow-model"
+FORMAT_VERSION = 1
+META_FILE = "semiflow-model.json"
+WEIGHTS_FILE = "model.safetensors"
+PROVENANCE_FILE = "provenance.json"
+AGGREGATES = ("max", "mean", "median")
+
+
+@dataclass
+class Artifact:
+    config: SemiFlowConfig
+    spec: FlowSampleSpec
+    tensors: dict[str, torch.Tensor]
+    threshold: Threshold | None
+    aggregate: str = "max"
+    model_name: str = "semiflow"
+    model_version: str = ""
+    provenance: dict = field(default_factory=dict)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def inference_modules(config: SemiFlowConfig) -> tuple[Encoder, Classifier]:
+    return Encoder(config), Classifier(config)
+
+
+def save_artifact(path: str | os.PathLike, encoder: torch.nn.Module,
+                  classifier: torch.nn.Module, config: SemiFlowConfig, spec: FlowSampleSpec,
+                  threshold: Threshold | None = None, aggregate: str = "max",
+                  provenance: dict | None = None, model_name: str = "semiflow",
+                  model_version: str | None = None) -> Path:
+    """Write the artifact directory (created if needed; its three files replaced)."""
+    from safetensors.torch import save_file
+
+    if aggregate not in AGGREGATES:
+        raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
+    if spec.l != config.length:
+        raise ValueError(f"spec L={spec.l} does not match the model's length {config.length}")
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {f"encoder.{k}": v.detach().cpu().contiguous()
+               for k, v in encoder.state_dict().items()}
+    tensors.update({f"classifier.{k}": v.detach().cpu().contiguous()
+                    for k, v in classifier.state_dict().items()})
+    save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": FORMAT})
+    digest = sha256_file(out / WEIGHTS_FILE)
+    meta = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "model_name": model_name,
+        "model_version": model_version or f"{model_name}-{digest[:12]}",
+        "config": config.to_dict(), "spec": spec.to_dict(), "aggregate": aggregate,
+        "threshold": threshold.to_dict() if threshold is not None else None,
+        "weights": {"file": WEIGHTS_FILE, "sha256": digest},
+    }
+    (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    (out / PROVENANCE_FILE).write_text(json.dumps(provenance or {}, indent=2, default=str)
+                                       + "\n")
+    return out
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        d = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise ValueError(f"model artifact: {path.name} missing in {path.parent}") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"model artifact: {path} is not valid JSON ({e})") from e
+    if not isinstance(d, dict):
+        raise ValueError(f"model artifact: {path} must hold a JSON object")
+    return d
+
+
+def load_artifact(path: str | os.PathLike) -> Artifact:
+    """Read and check an artifact directory; ValueError on any problem."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    root = Path(path)
+    if not root.is_dir():
+        raise ValueError(f"model artifact: {root} is not a directory")
+    meta = _read_json(root / META_FILE)
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"model artifact: {root / META_FILE} is not a {FORMAT} file")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"model artifact: format version {meta.get('format_version')} "
+                         f"not supported (this semiflow reads {FORMAT_VERSION})")
+    try:
+        config = SemiFlowConfig.from_dict(meta["config"])
+        spec = FlowSampleSpec.from_dict(meta["spec"])
+        threshold = Threshold.from_dict(meta["threshold"]) if meta.get("threshold") else None
+        weights = meta["weights"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"model artifact: {root / META_FILE} is malformed ({e})") from e
+    if spec.l != config.length:
+        raise ValueError(f"model artifact: spec L={spec.l} does not match the model's "
+                         f"input length {config.length}")
+    aggregate = meta.get("aggregate", "max")
+    if aggregate not in AGGREGATES:
+        raise ValueError(f"model artifact: unknown aggregate {aggregate!r}")
+    wpath = root / weights.get("file", WEIGHTS_FILE)
+    if not wpath.exists():
+        raise ValueError(f"model artifact: weights {wpath.name} missing in {root}")
+    if sha256_file(wpath) != weights.get("sha256"):
+        raise ValueError(f"model artifact: {wpath} is corrupt (sha256 does not match "
+                         f"{META_FILE})")
+    try:
+        tensors = load_file(str(wpath))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"model artifact: cannot read {wpath} ({e})") from e
+    encoder, classifier = inference_modules(config)
+    for name, mod in (("encoder", encoder), ("classifier", classifier)):
+        _load_into(mod, tensors, name, wpath)
+    prov_path = root / PROVENANCE_FILE
+    provenance = _read_json(prov_path) if prov_path.exists() else {}
+    return Artifact(config=config, spec=spec, tensors=tensors, threshold=threshold,
+                    aggregate=aggregate, model_name=str(meta.get("model_name", "semiflow")),
+                    model_version=str(meta.get("model_version", "")), provenance=provenance)
+
+
+def _load_into(module: torch.nn.Module, tensors: dict, prefix: str, wpath: Path) -> None:
+    sd = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+    try:
+        module.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0] if str(e) else "mismatch"
+        raise ValueError(f"model artifact: {wpath.name} does not fit the {prefix} its config "
+                         f"describes ({first})") from e
+
+
+def build_modules(artifact: Artifact, device: torch.device | str = "cpu"
+                  ) -> tuple[Encoder, Classifier]:
+    """Encoder and classifier with the artifact's weights, in eval mode on `device`."""
+    encoder, classifier = inference_modules(artifact.config)
+    _load_into(encoder, artifact.tensors, "encoder", Path(WEIGHTS_FILE))
+    _load_into(classifier, artifact.tensors, "classifier", Path(WEIGHTS_FILE))
+    return encoder.to(device).eval(), classifier.to(device).eval()

@@ -1,0 +1,104 @@
+"""FlowScorer: a loaded artifact ready for inference (encoder + classifier, batched).
+
+The serving loop and `semiflow score` both go through here: packets -> P(anomalous),
+flows -> aggregate of their packets' scores (NaN when the flow had no selected packet: such
+a flow is unscored, never "normal"), verdicts against the artifact's threshold.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from .aggregate import aggregate_flow_scores
+from .artifact import Artifact, build_modules, load_artifact
+from .semiflow import packet_scores, resolve_device
+from .spec import FlowSampleSpec
+from .threshold import Threshold
+
+VERDICT_ANOMALOUS = "anomalous"
+VERDICT_NORMAL = "normal"
+VERDICT_UNSCORED = "unscored"
+
+
+class FlowScorer:
+    def __init__(self, artifact: Artifact, device: str | torch.device | None = None,
+                 batch_size: int = 4096):
+        self.artifact = artifact
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+        self.encoder, self.classifier = build_modules(artifact, self.device)
+
+    @property
+    def spec(self) -> FlowSampleSpec:
+        return self.artifact.spec
+
+    @property
+    def threshold(self) -> float:
+        """The alert threshold (NaN when the artifact has none: nothing is ever flagged)."""
+        t = self.artifact.threshold
+        return float(t.value) if t is not None else float("nan")
+
+    @property
+    def threshold_info(self) -> Threshold | None:
+        return self.artifact.threshold
+
+    @property
+    def aggregate(self) -> str:
+        return self.artifact.aggregate
+
+    @property
+    def model_name(self) -> str:
+        return self.artifact.model_name
+
+    @property
+    def model_version(self) -> str:
+        return self.artifact.model_version
+
+    def score_packets(self, rows: np.ndarray) -> np.ndarray:
+        """P(anomalous) for packet rows uint8[n, L]."""
+        rows = np.asarray(rows)
+        if rows.ndim != 2 or rows.shape[1] != self.spec.l or rows.dtype != np.uint8:
+            raise ValueError(f"score_packets: expected uint8[n, {self.spec.l}], "
+                             f"got {rows.dtype}{list(rows.shape)}")
+        if len(rows) == 0:
+            return np.zeros(0, np.float64)
+        with torch.inference_mode():
+            return packet_scores(self.encoder, self.classifier, rows, self.device,
+                                 self.batch_size)
+
+    def score_flows(self, samples: np.ndarray, n_selected: np.ndarray) -> np.ndarray:
+        """Flow scores for samples uint8[m, K, L]; NaN where n_selected == 0."""
+        samples = np.asarray(samples)
+        n_sel = np.asarray(n_selected, dtype=np.int64).reshape(-1)
+        k, l = self.spec.k, self.spec.l
+        if samples.ndim != 3 or samples.shape[2] != l or samples.shape[1] > k \
+                or samples.dtype != np.uint8:
+            raise ValueError(f"score_flows: expected uint8[m, <= {k}, {l}] (the model's spec), "
+                             f"got {samples.dtype}{list(samples.shape)}")
+        if len(n_sel) != len(samples):
+            raise ValueError(f"score_flows: {len(samples)} samples but {len(n_sel)} counts")
+        if (n_sel < 0).any() or (n_sel > samples.shape[1]).any():
+            raise ValueError("score_flows: n_selected out of range")
+        m = len(samples)
+        mask = np.arange(samples.shape[1])[None, :] < n_sel[:, None]
+        flow_idx = np.broadcast_to(np.arange(m)[:, None], mask.shape)[mask]
+        rows = samples[mask]
+        return aggregate_flow_scores(self.score_packets(rows), flow_idx, m, self.aggregate)
+
+    def verdicts(self, scores: np.ndarray) -> np.ndarray:
+        """'anomalous' above the threshold, 'normal' at or below it, 'unscored' for NaN."""
+        s = np.asarray(scores, dtype=np.float64)
+        out = np.full(s.shape, VERDICT_NORMAL, dtype=object)
+        out[np.isnan(s)] = VERDICT_UNSCORED
+        if not np.isnan(self.threshold):
+            out[~np.isnan(s) & (s > self.threshold)] = VERDICT_ANOMALOUS
+        return out
+
+
+def load_scorer(path: str | os.PathLike, device: str | torch.device | None = None,
+                batch_size: int = 4096) -> FlowScorer:
+    """Load an artifact directory for inference (CUDA if available, else CPU)."""
+    return FlowScorer(load_artifact(path), device=device, batch_size=batch_size)

@@ -1,0 +1,312 @@
+"""The serving core: micro-batches of flow requests -> samples -> scores, off the event loop.
+
+Transport-agnostic: a connector (plugin/zeek_ws.py + semiflow/cli_serve.py) hands raw
+requests to `MicroBatcher.submit` from its event loop and receives `FlowResult`s through a
+callback. Decoding a whole micro-batch at once (the injected `decode`: raw texts -> one
+RequestBatch), sample building (spec.build_flow_samples, the same kernels the offline path
+uses) and inference all run on the batcher's worker thread, so the loop keeps answering
+pings. The queue is bounded: `submit` returns False when it is full and
+the connector reports the flow as shed instead of growing memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from .spec import STATUS_CODES, FlowSampleSpec, build_flow_samples
+
+log = logging.getLogger("semiflow.serve")
+
+STATUS_ERROR = "error"
+STATUS_SHED = "shed"
+
+# Histogram buckets (seconds / flows) for the metrics endpoint.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+class Scorer(Protocol):
+    """What the serving loop needs of a model (detector.scoring.FlowScorer has it)."""
+
+    spec: FlowSampleSpec
+    threshold: float
+    model_name: str
+    model_version: str
+
+    def score_flows(self, samples: np.ndarray, n_selected: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class RequestBatch:
+    """What `decode` returns for a micro-batch: decodable flows (key, where to answer, the K
+    the sender collected for; -1 = unknown) plus all their frames as flat arrays over one
+    byte blob (the arguments of spec.build_flow_samples), and the undecodable items."""
+
+    keys: list[str]
+    replies: list
+    items: list[int]          # position of each flow in the submitted batch
+    ks: np.ndarray            # int64[m]
+    blob: np.ndarray          # uint8: every frame's bytes, back to back
+    frame_off: np.ndarray     # int64[n_frames]
+    frame_len: np.ndarray
+    linktype: np.ndarray
+    ts: np.ndarray
+    wire_len: np.ndarray
+    is_orig: np.ndarray
+    flow_start: np.ndarray    # int64[m + 1]: flow i owns frames flow_start[i]:flow_start[i+1]
+    errors: list = field(default_factory=list)  # (position in batch, RequestError)
+
+    @classmethod
+    def empty(cls) -> RequestBatch:
+        z = np.zeros(0, np.int64)
+        return cls([], [], [], z, np.zeros(0, np.uint8), z, z, z, np.zeros(0), z,
+                   np.zeros(0, np.bool_), np.zeros(1, np.int64))
+
+    @classmethod
+    def concat(cls, parts: list[tuple[int, RequestBatch]]) -> RequestBatch:
+        """Join batches; each part's item positions are shifted by its offset."""
+        out = cls.empty()
+        blobs, offs, starts = [], [], [np.zeros(1, np.int64)]
+        base = nfr = 0
+        for shift, b in parts:
+            out.keys += b.keys
+            out.replies += b.replies
+            out.items += [shift + i for i in b.items]
+            out.errors += [(shift + i, e) for i, e in b.errors]
+            blobs.append(b.blob)
+            offs.append(b.frame_off + base)
+            starts.append(b.flow_start[1:] + nfr)
+            base += len(b.blob)
+            nfr += int(b.flow_start[-1])
+        cat = np.concatenate
+        out.ks = cat([out.ks] + [b.ks for _, b in parts])
+        out.blob = cat([out.blob] + blobs)
+        out.frame_off = cat([out.frame_off] + offs)
+        for name in ("frame_len", "linktype", "ts", "wire_len", "is_orig"):
+            setattr(out, name, cat([getattr(out, name)] + [getattr(b, name) for _, b in parts]))
+        out.flow_start = cat(starts)
+        return out
+
+
+class RequestError(ValueError):
+    """A request that cannot be scored; kind groups them for counting and logging."""
+
+    def __init__(self, kind: str, message: str, key: str | None = None, reply: Any = None):
+        super().__init__(message)
+        self.kind = kind
+        self.key = key
+        self.reply = reply
+
+
+@dataclass
+class FlowResult:
+    key: str
+    reply: Any
+    status: str
+    score: float = 0.0
+    anomalous: bool = False
+    packets: int = 0
+    detail: str = ""
+    latency: float = 0.0
+
+
+class Histogram:
+    """Cumulative-bucket histogram (Prometheus semantics)."""
+
+    def __init__(self, buckets: tuple[float, ...]):
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)
+        self.sum = 0.0
+        self.n = 0
+
+    def observe(self, v: float) -> None:
+        i = int(np.searchsorted(self.buckets, v, side="left"))
+        self.counts[i] += 1
+        self.sum += v
+        self.n += 1
+
+
+@dataclass
+class ServingStats:
+    """Counters the metrics endpoint exposes; updated under `lock`."""
+
+    received: int = 0
+    scored: int = 0
+    shed: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    statuses: dict[str, int] = field(default_factory=dict)
+    batches: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))
+    latency: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    _logged: set = field(default_factory=set)
+
+    def error(self, kind: str, message: str) -> None:
+        """Count an error; log the first of each kind only (a flood must not flood logs)."""
+        with self.lock:
+            self.errors[kind] = self.errors.get(kind, 0) + 1
+            first = kind not in self._logged
+            self._logged.add(kind)
+        if first:
+            log.warning("malformed request (%s): %s [further '%s' errors are counted, "
+                        "not logged]", kind, message, kind)
+
+
+class MicroBatcher:
+    """Bounded queue + one worker thread doing decode, sample building and scoring."""
+
+    def __init__(self, scorer: Scorer, decode: Callable[[list], RequestBatch],
+                 on_results: Callable[[list[FlowResult]], None], max_batch: int = 256,
+                 max_wait: float = 0.005, queue_size: int = 8192,
+                 stats: ServingStats | None = None):
+        if max_batch < 1 or queue_size < 1 or max_wait < 0:
+            raise ValueError("max_batch and queue_size must be >= 1, max_wait >= 0")
+        self.scorer = scorer
+        self.spec = scorer.spec
+        self.decode = decode
+        self.on_results = on_results
+        self.max_batch = max_batch
+        self.max_wait = max_wait
+        self.stats = stats or ServingStats()
+        self._q: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._stop = threading.Event()
+        self._accepting = True
+        self._thread = threading.Thread(target=self._run, name="semiflow-batcher", daemon=True)
+        self._thread.start()
+
+    @property
+    def queue_depth(self) -> int:
+        return self._q.qsize()
+
+    def submit(self, raw) -> bool:
+        """Enqueue one raw request without blocking; False = shed (queue full or closing)."""
+        with self.stats.lock:
+            self.stats.received += 1
+        if self._accepting:
+            try:
+                self._q.put_nowait((raw, time.perf_counter()))
+                return True
+            except queue.Full:
+                pass
+        with self.stats.lock:
+            self.stats.shed += 1
+        return False
+
+    def close(self, timeout: float = 30.0) -> bool:
+        """Stop accepting, finish what is queued and in flight; True if done in time."""
+        self._accepting = False
+        self._stop.set()
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    # ---- worker thread ------------------------------------------------------------------
+    def _take(self) -> list:
+        try:
+            first = self._q.get(timeout=0.05)
+        except queue.Empty:
+            return []
+        items = [first]
+        deadline = time.perf_counter() + self.max_wait
+        while len(items) < self.max_batch:
+            try:
+                items.append(self._q.get_nowait())
+                continue
+            except queue.Empty:
+                pass
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                break
+            try:
+                items.append(self._q.get(timeout=left))
+            except queue.Empty:
+                break
+        return items
+
+    def _run(self) -> None:
+        while True:
+            items = self._take()
+            if not items:
+                if self._stop.is_set() and self._q.empty():
+                    return
+                continue
+            try:
+                results = self.process(items)
+            except Exception as e:  # never let the worker die: answer every flow
+                log.exception("batch failed")
+                self.stats.error("internal", repr(e))
+                results = []
+            if results:
+                self.on_results(results)
+
+    def process(self, items: list) -> list[FlowResult]:
+        """Decode, build samples and score one batch; one result per answerable request."""
+        spec = self.spec
+        results: list[FlowResult] = []
+        batch = self.decode([raw for raw, _ in items])
+        for i, e in batch.errors:
+            if isinstance(e, RequestError):
+                self.stats.error(e.kind, str(e))
+                if e.key is not None:
+                    results.append(FlowResult(e.key, e.reply, STATUS_ERROR, detail=str(e),
+                                              latency=time.perf_counter() - items[i][1]))
+            else:  # a decoder bug must not take the service down
+                self.stats.error("decode", repr(e))
+        s = build_flow_samples(batch.blob, batch.frame_off, batch.frame_len, batch.linktype,
+                               batch.ts, batch.wire_len, batch.is_orig, batch.flow_start, spec)
+        ok = (s.status == 0) & ((batch.ks < 0) | (batch.ks == spec.k))
+        idx = np.flatnonzero(ok)
+        scores = thr = None
+        fail = ""
+        if len(idx):
+            data = s.data if len(idx) == len(s.data) else s.data[idx]
+            try:
+                scores = np.asarray(self.scorer.score_flows(data, s.n_selected[idx]),
+                                    np.float64)
+                thr = float(self.scorer.threshold)
+            except Exception as e:  # scorer gone or broken: answer, never go silent
+                log.exception("scoring failed")
+                self.stats.error("scorer", repr(e))
+                fail = f"scorer failed: {e}"
+        now = time.perf_counter()
+        pos = np.full(len(batch.keys), -1, np.int64)
+        pos[idx] = np.arange(len(idx))
+        m = 0
+        for f, (key, reply) in enumerate(zip(batch.keys, batch.replies)):
+            lat = now - items[batch.items[f]][1]
+            k = int(batch.ks[f])
+            if k >= 0 and k != spec.k:
+                msg = f"request collected k={k} packets but the model's K is {spec.k}"
+                self.stats.error("k_mismatch", msg)
+                results.append(FlowResult(key, reply, STATUS_ERROR, detail=msg, latency=lat))
+                continue
+            n = int(s.n_selected[f])
+            if pos[f] < 0:
+                detail = "; ".join(f"{a}: {b}" for a, b in s.skipped_dict(f).items())
+                results.append(FlowResult(key, reply, STATUS_CODES[s.status[f]], packets=n,
+                                          detail=detail, latency=lat))
+                continue
+            r = FlowResult(key, reply, STATUS_CODES[0], packets=n, latency=lat)
+            sc = float(scores[pos[f]]) if scores is not None else float("nan")
+            if scores is None:
+                r.status, r.detail = STATUS_ERROR, fail
+            elif np.isnan(sc):
+                r.status, r.detail = STATUS_ERROR, "model returned NaN"
+            else:
+                r.score = sc
+                r.anomalous = bool(not np.isnan(thr) and sc > thr)
+                m += 1
+            results.append(r)
+        with self.stats.lock:
+            self.stats.batches.observe(len(items))
+            self.stats.scored += m
+            for r in results:
+                self.stats.statuses[r.status] = self.stats.statuses.get(r.status, 0) + 1
+                self.stats.latency.observe(r.latency)
+        return results

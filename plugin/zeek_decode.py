@@ -1,0 +1,213 @@
+"""Micro-batch decoding of SemiFlow::flow_request texts, and fast verdict encoding.
+
+The live path's hot loop (docs/zeek.md "Where the time goes"): a batch of raw WebSocket
+texts -> one `RequestBatch` (flow keys + every frame's bytes in ONE blob) that
+detector.spec.build_flow_samples turns into samples in one compiled call. Per message:
+orjson parse, a flat check of the 13 arguments' tags and JSON types, binascii base64.
+Anything the fast check does not accept goes through the thorough path (stdlib json +
+zeek_wire.parse_event/flow_request_from_args), which is the authority on what is valid and
+produces the error messages: the fast path only ever accepts what the thorough one does.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import re
+
+import numpy as np
+
+from semiflow.detector.serving import RequestBatch, RequestError
+
+from . import zeek_wire as zw
+
+try:  # 3-10x faster than json on these messages (benchmarks/decode_benchmark.py)
+    import orjson
+    _loads = orjson.loads
+except ImportError:  # pragma: no cover - optional speed-up
+    orjson = None
+    _loads = json.loads
+
+# uid and reply_topic are the first two arguments of flow_request: read them from the head
+# of the raw text so a shed verdict (or an error answer) costs no full JSON parse.
+HEAD = re.compile(r'"SemiFlow::flow_request"\s*}\s*,\s*{\s*"@data-type"\s*:\s*"vector"\s*,'
+                  r'\s*"data"\s*:\s*\[\s*{\s*"@data-type"\s*:\s*"string"\s*,\s*"data"\s*:\s*'
+                  r'"([^"\\]*)"\s*}\s*,\s*{\s*"@data-type"\s*:\s*"string"\s*,\s*"data"\s*:'
+                  r'\s*"([^"\\]*)"')
+
+_DECL = zw.EVENTS[zw.FLOW_REQUEST]
+_TAGS = ["vector" if t.startswith("vector") else zw.ZEEK_TO_JSON[t] for _, t in _DECL]
+
+
+def head_of(raw: str | bytes) -> tuple[str, str] | None:
+    """(uid, reply_topic) read from the head of a raw flow_request text, if recognisable."""
+    if isinstance(raw, bytes):
+        raw = raw[:4096].decode("utf-8", "replace")
+    m = HEAD.search(raw[:4096])
+    return (m.group(1), m.group(2)) if m else None
+
+
+def _vector(v: dict, tag: str, types: tuple) -> list:
+    if v["@data-type"] != "vector":
+        raise TypeError
+    items = v["data"]
+    if {x["@data-type"] for x in items} - {tag}:
+        raise TypeError
+    vals = [x["data"] for x in items]
+    if set(map(type, vals)) - set(types):
+        raise TypeError
+    return vals
+
+
+def _fast(msg) -> tuple | None:
+    """The flow_request's values if msg is one and well-formed, else None."""
+    try:
+        if msg["type"] != "data-message":
+            return None
+        ev = msg["data"][2]["data"]
+        if not 2 <= len(ev) <= 3 or ev[0]["@data-type"] != "string" \
+                or ev[0]["data"] != zw.FLOW_REQUEST:
+            return None
+        args = ev[1]["data"]
+        if len(args) != 13 or [a["@data-type"] for a in args] != _TAGS:
+            return None
+        v = [a["data"] for a in args[:9]]
+        if not all(type(x) is str for x in v[:6]) or not all(type(x) is int for x in v[6:]):
+            return None
+        frames = _vector(args[9], "string", (str,))
+        ts = _vector(args[10], "real", (float, int))
+        wl = _vector(args[11], "count", (int,))
+        orig = _vector(args[12], "boolean", (bool,))
+        if not len(frames) == len(ts) == len(wl) == len(orig):
+            return None
+        return v[0], v[1], v[6], v[7], frames, ts, wl, orig
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return None
+
+
+def _thorough(raw: str | bytes) -> tuple:
+    """The authoritative decode (stdlib json + zeek_wire): values, or RequestError."""
+    try:
+        msg = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise RequestError("json", f"not valid JSON ({e})") from None
+    if isinstance(msg, dict) and msg.get("type") == "error":
+        raise RequestError(f"zeek:{msg.get('code')}", f"zeek says: {msg.get('context')}")
+    try:
+        _, name, args = zw.parse_event(msg)
+        if name != zw.FLOW_REQUEST:
+            raise zw.WireError("unknown_event", f"unexpected event {name!r}")
+        r = zw.flow_request_from_args(args)
+    except zw.WireError as e:
+        key, reply = head_of(raw) or (None, None)
+        raise RequestError(e.kind, str(e), key, reply) from None
+    return r.uid, r.reply_topic, r.linktype, r.k, r.frames, r.ts, r.wire_len, r.is_orig
+
+
+def _b64(frames: list[str]) -> list[bytes]:
+    return [binascii.a2b_base64(f, strict_mode=True) for f in frames]
+
+
+def decode_flow_requests(raws: list) -> RequestBatch:
+    """Raw flow_request texts -> one RequestBatch; bad ones become (index, RequestError)."""
+    keys: list[str] = []
+    replies: list[str] = []
+    items: list[int] = []
+    ks: list[int] = []
+    lts: list[int] = []
+    counts: list[int] = []
+    chunks: list[bytes] = []
+    ts_all: list = []
+    wl_all: list = []
+    orig_all: list = []
+    errors: list[tuple[int, RequestError]] = []
+    for i, raw in enumerate(raws):
+        try:
+            msg = _loads(raw)
+        except (ValueError, TypeError):
+            msg = None
+        vals = _fast(msg) if isinstance(msg, dict) else None
+        data = None
+        if vals is not None:
+            try:
+                data = _b64(vals[4])
+            except (binascii.Error, ValueError):
+                vals = None
+        if vals is None:
+            try:
+                vals = _thorough(raw)
+            except RequestError as e:
+                errors.append((i, e))
+                continue
+            data = vals[4]
+        uid, reply, lt, k, _, ts, wl, orig = vals
+        keys.append(uid)
+        replies.append(reply)
+        items.append(i)
+        ks.append(k)
+        lts.append(lt)
+        counts.append(len(data))
+        chunks.extend(data)
+        ts_all.extend(ts)
+        wl_all.extend(wl)
+        orig_all.extend(orig)
+    lens = np.fromiter(map(len, chunks), np.int64, len(chunks))
+    off = np.zeros(len(chunks), np.int64)
+    if len(chunks) > 1:
+        np.cumsum(lens[:-1], out=off[1:])
+    flow_start = np.zeros(len(keys) + 1, np.int64)
+    np.cumsum(counts, out=flow_start[1:])
+    try:
+        k_arr = np.array(ks, np.int64)
+        linktype = np.repeat(np.array(lts, np.int64), counts)
+        wire_len = np.array(wl_all, np.int64)
+    except OverflowError:  # counts beyond int64: no real frame has them
+        return _one_by_one(raws)
+    return RequestBatch(keys=keys, replies=replies, items=items, ks=k_arr,
+                        blob=np.frombuffer(b"".join(chunks), np.uint8), frame_off=off,
+                        frame_len=lens, linktype=linktype,
+                        ts=np.array(ts_all, np.float64), wire_len=wire_len,
+                        is_orig=np.array(orig_all, np.bool_), flow_start=flow_start,
+                        errors=errors)
+
+
+def _one_by_one(raws: list) -> RequestBatch:
+    """Slow fallback when a batch holds an out-of-range number: isolate the culprit(s)."""
+    parts = []
+    for i, raw in enumerate(raws):
+        try:
+            b = decode_flow_requests([raw])
+        except Exception:  # noqa: BLE001 - reported per flow below
+            key, reply = head_of(raw) or (None, None)
+            b = RequestBatch.empty()
+            b.errors = [(0, RequestError("value", "a number is out of range", key, reply))]
+        parts.append((i, b))
+    return RequestBatch.concat(parts)
+
+
+# ---- verdicts ----------------------------------------------------------------------------
+_VERDICT_HEAD = ('{"type":"data-message","topic":%s,"@data-type":"vector","data":['
+                 '{"@data-type":"count","data":1},{"@data-type":"count","data":1},'
+                 '{"@data-type":"vector","data":[{"@data-type":"string","data":'
+                 '"SemiFlow::verdict"},{"@data-type":"vector","data":[')
+_VERDICT_ARGS = ('{"@data-type":"string","data":%s},{"@data-type":"string","data":%s},'
+                 '{"@data-type":"real","data":%s},{"@data-type":"real","data":%s},'
+                 '{"@data-type":"boolean","data":%s},{"@data-type":"count","data":%d},'
+                 '{"@data-type":"string","data":%s},{"@data-type":"string","data":%s},'
+                 '{"@data-type":"string","data":%s}]}]}]}')
+
+
+def _real(x: float) -> str:
+    x = float(x)
+    return repr(x) if np.isfinite(x) else "0.0"
+
+
+def verdict_text(topic: str, v: zw.Verdict) -> str:
+    """Exactly json.dumps(v.message(topic), separators=(",", ":")), without the dicts."""
+    if v.packets < 0:
+        raise zw.WireError("type", f"count must be >= 0, got {v.packets}")
+    s = json.dumps
+    return (_VERDICT_HEAD % s(topic)) + _VERDICT_ARGS % (
+        s(v.uid), s(v.status), _real(v.score), _real(v.threshold),
+        "true" if v.anomalous else "false", int(v.packets), s(v.model), s(v.model_version),
+        s(v.detail))

@@ -1,0 +1,191 @@
+"""WebSocket client for Zeek's WebSocket API (JSON v1): handshake, reconnect, publish.
+
+Protocol (src/cluster/websocket/WebSocket.cc in zeek/zeek; docs.zeek.org "Interacting with
+Zeek using WebSockets"): connect to ws[s]://HOST:PORT/v1/messages/json, send a JSON array of
+topic prefixes as the first text frame, wait for {"type":"ack",...}; afterwards every text
+frame is a data-message or an {"type":"error","code":...,"context":...}. Zeek closes clients
+that do not answer its pings (Cluster::WebSocketServerOptions$ping_interval, 5 s): the
+`websockets` library answers pings on this loop, so nothing here may block it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import random
+import ssl
+from collections.abc import Callable
+
+import websockets
+
+log = logging.getLogger("semiflow.zeek_ws")
+
+WS_PATH = "/v1/messages/json"
+
+
+def normalise_url(url: str) -> str:
+    """ws://host:port -> ws://host:port/v1/messages/json (an explicit path is kept)."""
+    if not url.startswith(("ws://", "wss://")):
+        raise ValueError(f"--zeek must be ws://HOST:PORT or wss://HOST:PORT, got {url!r}")
+    rest = url.split("://", 1)[1]
+    return url if "/" in rest else url + WS_PATH
+
+
+def tls_context(ca_file: str | None = None, cert_file: str | None = None,
+                key_file: str | None = None, verify: bool = True) -> ssl.SSLContext:
+    """Client TLS: verify Zeek's certificate against ca_file (or the system store);
+    cert/key for Zeek's enable_peer_verification."""
+    ctx = ssl.create_default_context(cafile=ca_file)
+    if cert_file:
+        ctx.load_cert_chain(cert_file, key_file)
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+class ZeekClient:
+    """Keeps one connection to Zeek alive; hands every message to `on_message` (raw text).
+
+    on_message runs on the event loop and must return quickly. `publish` queues an
+    already-encoded message; messages queued while disconnected wait (bounded by
+    max_pending, oldest dropped and counted) and go out after the next ack.
+    """
+
+    def __init__(self, url: str, topics: list[str], on_message: Callable[[str], None],
+                 ssl_context: ssl.SSLContext | None = None, app_name: str = "semiflow",
+                 backoff_initial: float = 0.1, backoff_max: float = 30.0,
+                 ack_timeout: float = 10.0, max_pending: int = 100_000,
+                 on_state: Callable[[str], None] | None = None):
+        self.url = normalise_url(url)
+        self.topics = list(topics)
+        self.on_message = on_message
+        self.ssl_context = ssl_context
+        self.app_name = app_name
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.ack_timeout = ack_timeout
+        self.on_state = on_state
+        self.out: collections.deque[str] = collections.deque()
+        self.max_pending = max_pending
+        self.dropped = 0
+        self.connects = 0
+        self.zeek_errors: dict[str, int] = {}
+        self.ack: dict | None = None
+        self.connected = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._ws = None
+
+    def publish(self, msg: dict | str) -> None:
+        """Queue one message (dict -> compact ASCII JSON; Zeek mis-decodes \\u escapes of
+        non-ASCII, so only ASCII is ever produced here: ensure_ascii)."""
+        text = msg if isinstance(msg, str) else json.dumps(msg, separators=(",", ":"))
+        if len(self.out) >= self.max_pending:
+            self.out.popleft()
+            self.dropped += 1
+        self.out.append(text)
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    async def flush(self, timeout: float) -> bool:
+        """Wait until every queued message is sent (or timeout)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while self.out and loop.time() < end:
+            self._wake.set()
+            await asyncio.sleep(0.01)
+        return not self.out
+
+    def _state(self, s: str) -> None:
+        if self.on_state is not None:
+            self.on_state(s)
+
+    async def run(self) -> None:
+        """Connect, handshake, pump messages; reconnect with exponential backoff + jitter."""
+        delay = self.backoff_initial
+        while not self._stop.is_set():
+            try:
+                async with websockets.connect(
+                        self.url, ssl=self.ssl_context, max_size=None, ping_interval=None,
+                        additional_headers={"X-Application-Name": self.app_name},
+                        open_timeout=self.ack_timeout, close_timeout=1) as ws:
+                    self._ws = ws
+                    await ws.send(json.dumps(self.topics))
+                    ack = json.loads(await asyncio.wait_for(ws.recv(), self.ack_timeout))
+                    if not isinstance(ack, dict) or ack.get("type") != "ack":
+                        raise ConnectionError(f"handshake refused: {ack!r}")
+                    self.ack = ack
+                    self.connects += 1
+                    delay = self.backoff_initial
+                    log.info("connected to %s (endpoint %s, version %s), subscribed to %s",
+                             self.url, ack.get("endpoint"), ack.get("version"), self.topics)
+                    self.connected.set()
+                    self._state("connected")
+                    await self._pump(ws)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # refused, reset, TLS, bad ack: all mean "try again"
+                if not self._stop.is_set():
+                    log.warning("zeek connection: %s; retrying in %.1fs", e, delay)
+            finally:
+                self._ws = None
+                if self.connected.is_set():
+                    self.connected.clear()
+                    self._state("disconnected")
+            if self._stop.is_set():
+                break
+            try:
+                await asyncio.wait_for(self._stop.wait(), delay * (0.5 + random.random()))
+            except asyncio.TimeoutError:
+                pass
+            delay = min(delay * 2, self.backoff_max)
+
+    async def _pump(self, ws) -> None:
+        recv = asyncio.create_task(self._receive(ws))
+        send = asyncio.create_task(self._send(ws))
+        done, pending = await asyncio.wait({recv, send}, return_when=asyncio.FIRST_COMPLETED)
+        for t in pending:
+            t.cancel()
+        for t in pending:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        for t in done:
+            exc = t.exception()
+            if exc is not None:
+                raise exc
+
+    async def _receive(self, ws) -> None:
+        async for msg in ws:
+            if isinstance(msg, bytes):
+                continue  # the API is text frames only
+            try:
+                self.on_message(msg)
+            except Exception as e:  # a handler bug must not drop the connection
+                log.exception("message handler failed: %s", e)
+
+    async def _send(self, ws) -> None:
+        while not self._stop.is_set() or self.out:
+            if not self.out:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            text = self.out[0]
+            await ws.send(text)
+            self.out.popleft()  # only after it went out: a broken send is retried
+        await ws.close()
+
+    def count_zeek_error(self, code: str, context: str) -> None:
+        """Error messages from Zeek are counted; the first of each code is logged."""
+        key = f"{code}: {context}"
+        n = self.zeek_errors.get(key, 0)
+        self.zeek_errors[key] = n + 1
+        if n == 0:
+            log.warning("zeek reported an error: %s (further ones counted)", key)

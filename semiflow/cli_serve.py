@@ -1,0 +1,238 @@
+"""`semiflow serve --zeek ws://127.0.0.1:27759 --model DIR`: the live detector for Zeek.
+
+Wiring only: plugin.zeek_ws keeps the WebSocket to Zeek, plugin.zeek_wire decodes requests,
+detector.serving batches and scores them off the event loop, plugin.metrics exposes counters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import re
+import signal
+import sys
+import time
+
+from semiflow.detector.serving import (
+    STATUS_SHED,
+    FlowResult,
+    MicroBatcher,
+    RequestBatch,
+    Scorer,
+    ServingStats,
+)
+from semiflow.plugin import zeek_wire as zw
+from semiflow.plugin.zeek_decode import decode_flow_requests, head_of, verdict_text
+
+log = logging.getLogger("semiflow.serve")
+
+
+def decode_requests(raws: list) -> RequestBatch:
+    """A micro-batch of raw texts from Zeek -> RequestBatch (errors carry the uid if known)."""
+    return decode_flow_requests(raws)
+
+
+class ServeApp:
+    """One detector process: client + batcher + (optional) metrics."""
+
+    def __init__(self, scorer: Scorer, url: str, topics: list[str], max_batch: int = 256,
+                 max_wait: float = 0.005, queue_size: int = 8192, ssl_context=None,
+                 metrics_port: int | None = None, app_name: str = "semiflow"):
+        from semiflow.plugin.zeek_ws import ZeekClient
+
+        self.scorer = scorer
+        self.stats = ServingStats()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.client = ZeekClient(url, topics, self._on_message, ssl_context=ssl_context,
+                                 app_name=app_name)
+        self.batcher = MicroBatcher(scorer, decode_requests, self._on_results,
+                                    max_batch=max_batch, max_wait=max_wait,
+                                    queue_size=queue_size, stats=self.stats)
+        self.metrics = None
+        if metrics_port is not None:
+            from semiflow.plugin.metrics import MetricsServer, render
+            self.metrics = MetricsServer(metrics_port, lambda: render(
+                self.stats, self.batcher.queue_depth,
+                {"semiflow_zeek_connected": float(self.client.connected.is_set()),
+                 "semiflow_zeek_connects_total": float(self.client.connects),
+                 "semiflow_verdicts_dropped_total": float(self.client.dropped)}))
+
+    def _verdict_text(self, r: FlowResult) -> str:
+        v = zw.Verdict(r.key, r.status, r.score, self.scorer.threshold, r.anomalous,
+                       r.packets, self.scorer.model_name, self.scorer.model_version,
+                       r.detail)
+        return verdict_text(r.reply, v)
+
+    def _on_message(self, raw: str) -> None:
+        """On the event loop: enqueue, or answer 'shed' at once."""
+        if self.batcher.submit(raw):
+            return
+        head = head_of(raw)
+        if head is None:
+            return  # not a flow request (or unreadable): nothing to answer
+        self.client.publish(self._verdict_text(FlowResult(
+            head[0], head[1], STATUS_SHED, detail="detector queue full")))
+
+    def _on_results(self, results: list[FlowResult]) -> None:
+        """On the worker thread: encode here, hand the texts to the loop."""
+        texts = [self._verdict_text(r) for r in results if r.reply]
+        if texts and self.loop is not None:
+            self.loop.call_soon_threadsafe(self._publish_many, texts)
+
+    def _publish_many(self, texts: list[str]) -> None:
+        for t in texts:
+            self.client.publish(t)
+
+    async def run(self, stop: asyncio.Event, drain_timeout: float = 20.0) -> None:
+        self.loop = asyncio.get_running_loop()
+        task = asyncio.create_task(self.client.run())
+        await stop.wait()
+        log.info("stopping: finishing queued and in-flight batches")
+        await asyncio.to_thread(self.batcher.close, drain_timeout)
+        await asyncio.sleep(0)  # let call_soon_threadsafe callbacks run
+        if self.client.connected.is_set():
+            await self.client.flush(5.0)
+        self.client.stop()
+        try:
+            await asyncio.wait_for(task, 5.0)
+        except asyncio.TimeoutError:
+            task.cancel()
+        if self.metrics is not None:
+            self.metrics.close()
+        log.info("stopped: %d received, %d scored, %d shed, errors %s", self.stats.received,
+                 self.stats.scored, self.stats.shed, self.stats.errors)
+
+
+def parse_shards(shard: str) -> tuple[list[int], int]:
+    """'I/N', 'I,J/N' or 'I-J/N' (mixable: '0-3,6/8') -> (sorted shard indices, N)."""
+    m = re.fullmatch(r"([\d,\-]+)/(\d+)", shard or "")
+    if not m or int(m.group(2)) < 1:
+        raise ValueError(f"--shard must be I/N, I,J/N or I-J/N, got {shard!r}")
+    n = int(m.group(2))
+    out: set[int] = set()
+    for part in m.group(1).split(","):
+        lo, _, hi = part.partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            raise ValueError(f"--shard: bad shard list {m.group(1)!r}")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    if not out or max(out) >= n:
+        raise ValueError(f"--shard: shards must lie in 0..{n - 1}, got {shard!r}")
+    return sorted(out), n
+
+
+def worker_shards(shard: str | None, workers: int) -> list[str | None]:
+    """The --shard each decode process serves: this host's shards dealt round-robin.
+    Without --shard, N workers serve shards 0..N-1 of N (SemiFlow::shards = N)."""
+    if workers < 1:
+        raise ValueError("--workers must be >= 1")
+    if not shard:
+        if workers == 1:
+            return [None]
+        ids, n = list(range(workers)), workers
+    else:
+        ids, n = parse_shards(shard)
+    if len(ids) < workers:
+        raise ValueError(f"--workers {workers} needs at least {workers} shards; --shard "
+                         f"{shard or '(none)'} gives {len(ids)} (set SemiFlow::shards)")
+    return [",".join(map(str, ids[w::workers])) + f"/{n}" for w in range(workers)]
+
+
+def topics_for(prefix: str, shard: str | None) -> list[str]:
+    """Topic prefixes to subscribe to: the whole request topic, or one per shard."""
+    if not prefix.endswith("/"):
+        prefix += "/"
+    if not shard:
+        return [prefix]
+    return [f"{prefix}{i}/" for i in parse_shards(shard)[0]]
+
+
+async def _watch_parent(stop: asyncio.Event) -> None:
+    """A decode worker stops when the scorer process that started it is gone."""
+    parent = os.getppid()
+    while not stop.is_set():
+        await asyncio.sleep(1.0)
+        if os.getppid() != parent:
+            log.warning("scorer process exited: stopping")
+            stop.set()
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="live detector: score Zeek's flow requests",
+                       description="Connect to Zeek's WebSocket API, score every flow the "
+                                   "semiflow Zeek package publishes, send verdicts back.")
+    p.add_argument("--zeek", default="ws://127.0.0.1:27759",
+                   help="Zeek WebSocket endpoint, ws[s]://HOST:PORT (default %(default)s)")
+    p.add_argument("--model", required=True, help="model artifact directory")
+    p.add_argument("--topic-prefix", default=zw.DEFAULT_REQUEST_TOPIC,
+                   help="request topic prefix (SemiFlow::request_topic; default %(default)s)")
+    p.add_argument("--shard", metavar="I/N",
+                   help="serve only these shards of N (SemiFlow::shards=N): I/N, I,J/N, I-J/N")
+    p.add_argument("--workers", type=int, default=1,
+                   help="decode processes feeding this process's model (1); each takes "
+                        "its share of the shards (without --shard: SemiFlow::shards = N)")
+    p.add_argument("--max-batch", type=int, default=256, help="flows per batch (256)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="max wait to fill a batch, ms (5)")
+    p.add_argument("--queue", type=int, default=8192,
+                   help="max queued requests before shedding (8192)")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--tls-ca", help="CA file to verify Zeek's certificate (wss)")
+    p.add_argument("--tls-cert", help="client certificate (Zeek enable_peer_verification)")
+    p.add_argument("--tls-key", help="client key")
+    p.add_argument("--tls-no-verify", action="store_true",
+                   help="do not verify Zeek's certificate (testing only)")
+    p.add_argument("--app-name", default="semiflow", help="X-Application-Name header")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--scorer-addr", help=argparse.SUPPRESS)  # decode-worker mode
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from semiflow.detector.scoring import load_scorer
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    shards = worker_shards(args.shard, args.workers)
+    if args.workers > 1 and not args.scorer_addr:
+        from semiflow.serve_pool import run_pool
+        return run_pool(args, load_scorer(args.model, device=args.device), shards)
+    topics = topics_for(args.topic_prefix, args.shard)
+    ssl_context = None
+    if args.zeek.startswith("wss://"):
+        from semiflow.plugin.zeek_ws import tls_context
+        ssl_context = tls_context(args.tls_ca, args.tls_cert, args.tls_key,
+                                  verify=not args.tls_no_verify)
+    if args.scorer_addr:
+        from semiflow.detector.serving_zmq import RemoteScorer
+        scorer = RemoteScorer(args.scorer_addr)
+    else:
+        scorer = load_scorer(args.model, device=args.device)
+    app = ServeApp(scorer, args.zeek, topics, max_batch=args.max_batch,
+                   max_wait=args.max_wait_ms / 1000.0, queue_size=args.queue,
+                   ssl_context=ssl_context, metrics_port=args.metrics_port,
+                   app_name=args.app_name)
+    log.info("model %s %s (K=%d L=%d, threshold %.4g); topics %s", scorer.model_name,
+             scorer.model_version, scorer.spec.k, scorer.spec.l, scorer.threshold, topics)
+    if app.metrics is not None:
+        log.info("metrics on http://127.0.0.1:%d/metrics", app.metrics.port)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        watch = asyncio.create_task(_watch_parent(stop)) if args.scorer_addr else None
+        await app.run(stop)
+        if watch is not None:
+            watch.cancel()
+
+    started = time.perf_counter()
+    asyncio.run(main())
+    log.info("served %.1fs", time.perf_counter() - started)
+    return 0

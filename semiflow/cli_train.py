@@ -1,0 +1,60 @@
+"""`semiflow train EXTRACT_DIR... -o MODEL_DIR`: fit SemiFlow on normal flows -> artifact."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from semiflow.detector.threshold import DEFAULT_TARGET_FPR
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train SemiFlow on the normal flows of extraction directories",
+        description="Fit SemiFlow on flows labelled normal (from `semiflow extract "
+                    "--manifest`), split by capture file into train / val (early stopping) / "
+                    "calib (threshold). Labelled anomalies are only reported, never fitted.")
+    p.add_argument("extract_dirs", nargs="+", metavar="EXTRACT_DIR")
+    p.add_argument("-o", "--out", required=True, metavar="MODEL_DIR",
+                   help="artifact directory to write")
+    p.add_argument("--config", choices=["small", "paper"], default="small",
+                   help="model size: small (CPU minutes, default) or paper (the published shapes)")
+    p.add_argument("--epochs", type=int, help="maximum epochs per stage (default: the config's)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
+    p.add_argument("--amp", choices=["bf16", "fp16", "off"], default="bf16",
+                   help="mixed precision on CUDA (default bf16; ignored on CPU)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--target-fpr", type=float, default=DEFAULT_TARGET_FPR,
+                   help=f"false-positive rate the threshold is calibrated for "
+                        f"(default {DEFAULT_TARGET_FPR:g})")
+    p.add_argument("--aggregate", choices=["max", "mean", "median"], default="max",
+                   help="flow score from packet scores (default max)")
+    p.add_argument("--max-flows-per-file", type=int, default=100,
+                   help="cap on normal flows taken from one capture (default 100)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from MODEL_DIR/checkpoint.pt of an interrupted run")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice; 1 on a busy machine)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from semiflow.training.train import train
+
+    if args.epochs is not None and args.epochs < 1:
+        raise ValueError("--epochs must be >= 1")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError("--threads must be >= 1")
+        import torch
+        torch.set_num_threads(args.threads)
+    summary = train(args.extract_dirs, args.out, config=args.config, epochs=args.epochs,
+                    device=args.device, seed=args.seed, target_fpr=args.target_fpr,
+                    resume=args.resume, max_flows_per_file=args.max_flows_per_file,
+                    aggregate=args.aggregate, amp=args.amp,
+                    progress=not args.quiet and sys.stderr.isatty(),
+                    command="semiflow " + " ".join(sys.argv[1:]))
+    print(f"model written to {summary['out']} ({summary['fit_seconds']:.1f} s of training, "
+          f"{summary['train_samples_per_second']:.0f} samples/s)")
+    return 0

@@ -1,0 +1,228 @@
+"""`semiflow train`: extraction directories -> a SemiFlow model artifact.
+
+Only NORMAL flows are fitted. Capture files are split three ways (whole files, seeded):
+train (fitting), val (early stopping, on normal vs fresh pseudo-anomalies: no labelled
+anomaly needed) and calib (the threshold at the target FPR). Labelled anomalous flows, when
+the extraction has them, are scored for the report only and never touch the fit.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from semiflow.detector.aggregate import aggregate_flow_scores
+from semiflow.detector.artifact import save_artifact, sha256_file
+from semiflow.detector.semiflow import SemiFlowDetector, _auroc
+from semiflow.detector.semiflow_model import SemiFlowConfig
+from semiflow.detector.threshold import DEFAULT_TARGET_FPR, calibrate_threshold, rates_at
+from semiflow.plugin.flowstore import FlowStore
+
+from .dataset import cap_flows_per_file, packet_rows, split_by_file
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class Part:
+    """Flows of one role (train/val/calib/anomalous), as packet rows plus their flow index."""
+
+    X: np.ndarray
+    flow_pos: np.ndarray
+    flows: pd.DataFrame
+
+
+def _rows(stores: list[FlowStore], flows: pd.DataFrame) -> Part:
+    Xs, poss, off = [], [], 0
+    for si, store in enumerate(stores):
+        sub = flows[flows["_store"] == si]
+        if len(sub) == 0:
+            continue
+        X, pos = packet_rows(store, sub["row"].to_numpy())
+        Xs.append(X)
+        poss.append(pos + off)
+        off += len(sub)
+    order = pd.concat([flows[flows["_store"] == si] for si in range(len(stores))])
+    L = stores[0].samples.shape[2]
+    X = np.concatenate(Xs) if Xs else np.zeros((0, L), np.uint8)
+    pos = np.concatenate(poss) if poss else np.zeros(0, np.int64)
+    return Part(X, pos, order.reset_index(drop=True))
+
+
+def load_parts(extract_dirs: Sequence[str | os.PathLike], max_flows_per_file: int = 100,
+               seed: int = 42, log: Callable[[str], None] = print) -> tuple[dict, list]:
+    """Open the extractions, split normal flows by capture file, collect anomalies."""
+    if not extract_dirs:
+        raise ValueError("no extraction directory given")
+    stores = []
+    for d in extract_dirs:
+        try:
+            stores.append(FlowStore.open(d))
+        except (OSError, KeyError, ValueError) as e:
+            raise ValueError(f"{d}: not a readable extraction directory ({e})") from e
+    spec = stores[0].spec
+    for d, s in zip(extract_dirs[1:], stores[1:]):
+        if s.spec != spec:
+            raise ValueError(f"{d}: extracted with spec {s.spec.to_dict()}, but "
+                             f"{extract_dirs[0]} with {spec.to_dict()}")
+    flows = pd.concat([s.flows.assign(_store=i) for i, s in enumerate(stores)],
+                      ignore_index=True)
+    scored = flows["n_selected"].to_numpy() > 0
+    normal = flows[(flows["label"] == "normal").to_numpy() & scored].reset_index(drop=True)
+    if len(normal) == 0:
+        raise ValueError("no normal flows with a sample: extract with --manifest so files are "
+                         "labelled, and train on captures of normal traffic")
+    normal = normal[cap_flows_per_file(normal, max_flows_per_file, seed)].reset_index(drop=True)
+    nfiles = normal["source_file"].nunique()
+    if nfiles >= 3:
+        split = split_by_file(normal, (0.7, 0.15, 0.15), seed=seed)
+        if nfiles < 7:   # too few files for 15% each: give val and calib one file each
+            files = sorted(normal["source_file"].unique())
+            rng = np.random.default_rng(seed)
+            rng.shuffle(files)
+            part = {f: "train" for f in files}
+            part[files[0]], part[files[1]] = "val", "test"
+            split = normal["source_file"].map(part).to_numpy()
+    else:
+        log(f"warning: only {nfiles} normal capture file(s): validation and calibration "
+            "reuse a random 20% of flows (no file-level hold-out possible)")
+        rng = np.random.default_rng(seed)
+        split = np.where(rng.random(len(normal)) < 0.8, "train", "val")
+    parts = {"train": normal[split == "train"], "val": normal[split == "val"],
+             "calib": normal[split == "test"]}
+    if len(parts["calib"]) == 0:
+        parts["calib"] = parts["val"]
+        log("warning: no capture file left for threshold calibration: using the val files")
+    anomalous = flows[(flows["label"] == "anomalous").to_numpy()].reset_index(drop=True)
+    parts["anomalous"] = anomalous
+    out = {k: _rows(stores, v) for k, v in parts.items()}
+    return out, stores
+
+
+def _file_hashes(files: Sequence[str]) -> list[dict]:
+    out = []
+    for f in sorted(set(files)):
+        digest = sha256_file(f) if os.path.isfile(f) else None
+        out.append({"file": f, "sha256": digest})
+    return out
+
+
+def _git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "-uno"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return rev.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version()}
+    for pkg in ("semiflow", "torch", "numpy", "safetensors", "pandas"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def flow_scores(det: SemiFlowDetector, part: Part, how: str) -> np.ndarray:
+    """Per-flow scores (NaN for flows without a sample) of one part."""
+    if len(part.X) == 0:
+        return np.full(len(part.flows), np.nan)
+    return aggregate_flow_scores(det.anomaly_score(part.X), part.flow_pos, len(part.flows), how)
+
+
+def train(extract_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+          config: str | SemiFlowConfig = "small", epochs: int | None = None,
+          device: str | None = None, seed: int = 42, target_fpr: float = DEFAULT_TARGET_FPR,
+          resume: bool = False, max_flows_per_file: int = 100, aggregate: str = "max",
+          amp: str = "bf16", progress: bool = False, log: Callable[[str], None] = print,
+          command: str | None = None) -> dict:
+    """Fit SemiFlow on the normal flows, calibrate the threshold, write the artifact."""
+    started = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    parts, stores = load_parts(extract_dirs, max_flows_per_file, seed, log)
+    calib_is_val = parts["calib"].flows["source_file"].equals(parts["val"].flows["source_file"])
+    spec = stores[0].spec
+    cfg = SemiFlowConfig.named(config) if isinstance(config, str) else config
+    if cfg.length != spec.l:
+        cfg = SemiFlowConfig.from_dict({**cfg.to_dict(), "length": spec.l})
+    for name in ("train", "val", "calib"):
+        p = parts[name]
+        log(f"{name:5s}: {len(p.flows)} normal flows, {len(p.X)} packets, "
+            f"{p.flows['source_file'].nunique()} capture files")
+    n_anom = len(parts["anomalous"].flows)
+    log(f"labelled anomalous flows: {n_anom} -- used ONLY for the validation report, "
+        "never for fitting or early stopping")
+    if len(parts["train"].X) < 2:
+        raise ValueError("fewer than 2 normal training packets: nothing to fit")
+    det = SemiFlowDetector(cfg, epochs=epochs, device=device, amp=amp, random_state=seed,
+                           checkpoint=out / CHECKPOINT, resume=resume, progress=progress,
+                           log=log)
+    fit_start = time.perf_counter()
+    det.fit(parts["train"].X, parts["val"].X if len(parts["val"].X) else None)
+    fit_seconds = time.perf_counter() - fit_start
+
+    val_s = flow_scores(det, parts["val"], aggregate)
+    calib_s = flow_scores(det, parts["calib"], aggregate)
+    threshold = calibrate_threshold(calib_s, target_fpr, aggregate)
+    log(f"threshold {threshold.value:.6g} at target FPR {target_fpr:g} "
+        f"(achieved {threshold.achieved_fpr:.4g} on {threshold.n_normal} held-out normal flows"
+        + ("" if threshold.resolved else "; too few flows to resolve this FPR") + ")")
+    metrics = {"fit_seconds": round(fit_seconds, 2), "train_packets": int(len(parts["train"].X)),
+               "epochs_run": len(det.history_),
+               "train_samples_per_second": round(len(parts["train"].X) * len(det.history_)
+                                                 / max(fit_seconds, 1e-9), 1),
+               "history": det.history_, "threshold": threshold.to_dict(),
+               "val_at_threshold": rates_at(threshold.value, val_s)}
+    if n_anom:
+        anom_s = flow_scores(det, parts["anomalous"], aggregate)
+        held = val_s if calib_is_val else np.concatenate([val_s, calib_s])
+        held = held[~np.isnan(held)]
+        ok = ~np.isnan(anom_s)
+        y = np.r_[np.zeros(len(held)), np.ones(int(ok.sum()))]
+        report = {"n_anomalous_flows": n_anom, "n_anomalous_unscored": int((~ok).sum()),
+                  "auroc_flows": _auroc(y, np.r_[held, anom_s[ok]]),
+                  **rates_at(threshold.value, held, anom_s)}
+        metrics["anomaly_report"] = report
+        log(f"report only (labelled anomalies, not used to fit): flow AUROC "
+            f"{report['auroc_flows']:.4f} held-out normal vs anomalous; at the threshold "
+            f"TPR {report['tpr']:.4f}, FPR {report['fpr']:.4f}; "
+            f"{report['n_anomalous_unscored']} anomalous flows unscored (no payload)")
+    files = {name: sorted(parts[name].flows["source_file"].unique().tolist())
+             for name in ("train", "val", "calib")}
+    provenance = {
+        "command": command or " ".join(sys.argv),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "extract_dirs": [str(d) for d in extract_dirs],
+        "data_files": {name: _file_hashes(f) for name, f in files.items()},
+        "anomalous_files_for_report_only": sorted(
+            parts["anomalous"].flows["source_file"].unique().tolist()),
+        "seed": seed, "max_flows_per_file": max_flows_per_file, "device": str(det.device_),
+        "amp": amp if det.device_.type == "cuda" else "off",
+        "versions": _versions(), "git_commit": _git_commit(), "metrics": metrics,
+    }
+    save_artifact(out, det.encoder_, det.classifier_, det.config_, spec, threshold, aggregate,
+                  provenance)
+    ckpt = out / CHECKPOINT
+    if ckpt.exists():
+        ckpt.unlink()   # training finished: the artifact is the result
+    return {"out": str(out), "seconds": round(time.perf_counter() - started, 2),
+            **{k: v for k, v in metrics.items() if k != "history"}}
