@@ -37,101 +37,135 @@ def build_requests(corpus: Path, k: int, l: int) -> list:
     return [e for e in evs if e.kind == "request"]
 
 
-def serve_trivial(url: str, k: int, l: int) -> None:
-    """Subprocess mode: ServeApp with the trivial scorer."""
-    import signal
-
+def serve_trivial(argv: list[str]) -> int:
+    """Subprocess mode: `semiflow serve ARGV` with the trivial scorer instead of the model."""
     from serve_helpers import TrivialScorer
 
-    from semiflow.cli_serve import ServeApp
+    from semiflow import cli_serve
+    from semiflow.detector.artifact import load_artifact
     from semiflow.detector.spec import FlowSampleSpec
-    app = ServeApp(TrivialScorer(FlowSampleSpec(k=k, l=l)), url,
-                   ["zeek/semiflow/request/"], max_batch=512, queue_size=16384)
 
-    async def main():
-        stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        await app.run(stop)
-    asyncio.run(main())
+    ap = argparse.ArgumentParser()
+    cli_serve.register(ap.add_subparsers())
+    args = ap.parse_args(["serve", *argv])
+    spec = load_artifact(args.model).spec
+    return cli_serve.run(args, scorer=TrivialScorer(FlowSampleSpec(k=spec.k, l=spec.l)))
 
 
-async def run_once(label: str, cmd: list[str], reqs: list, n: int, window: int) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """user+system CPU seconds of pid and its descendants (Linux /proc)."""
+    tck = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tck
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                total += cpu_seconds(int(child))
+    except (OSError, IndexError, ValueError):
+        pass
+    return total
+
+
+async def run_once(label: str, cmd: list[str], reqs: list, n: int, window: int,
+                   workers: int = 1) -> dict:
+    import orjson
     from zeek_double import ZeekDouble, zeek_json
 
+    from semiflow.plugin import zeek_wire as zw
+
     dbl = await ZeekDouble().start()
-    proc = subprocess.Popen(cmd + [dbl.url], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = subprocess.Popen(cmd + [dbl.url, "--workers", str(workers)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
     sent: dict[str, float] = {}
     lat: list[float] = []
     done = asyncio.Event()
     seen = 0
     statuses: dict[str, int] = {}
-    base = [zeek_json(e.message()) for e in reqs]
-    uids = [e.uid for e in reqs]
-    # Pre-encode all messages: the publisher must not be the bottleneck we measure.
+    # Pre-encode all messages (Zeek's JSON, shard topic i % workers): the publisher must
+    # not be the bottleneck we measure.
     texts = []
     for i in range(n):
-        j = i % len(base)
-        u = f"B{i:09d}"
-        texts.append((u, base[j].replace(f'"{uids[j]}"', f'"{u}"', 1)))
-    orig_dispatch = dbl._client_message
+        e = reqs[i % len(reqs)]
+        args = list(e.args)
+        args[0] = f"B{i:09d}"
+        topic = f"{zw.DEFAULT_REQUEST_TOPIC}{i % workers}/"
+        texts.append((args[0], topic, zeek_json(zw.event_message(topic, zw.FLOW_REQUEST,
+                                                                 args))))
 
     async def on_msg(ws, text):
+        # Zeek handles verdicts in C++; the double's full checks (tests) would cost this
+        # shared 2-core box more than the detector: read uid and status only.
         nonlocal seen
-        await orig_dispatch(ws, text)
-        while dbl.received:
-            _, name, args = dbl.received.pop()
-            uid, status = args[0]["data"], args[1]["data"]
-            t = sent.pop(uid, None)
-            if t is not None:
-                lat.append(time.perf_counter() - t)
-            statuses[status] = statuses.get(status, 0) + 1
-            seen += 1
-            if seen >= n:
-                done.set()
+        a = orjson.loads(text)["data"][2]["data"][1]["data"]
+        uid, status = a[0]["data"], a[1]["data"]
+        t = sent.pop(uid, None)
+        if t is not None:
+            lat.append(time.perf_counter() - t)
+        statuses[status] = statuses.get(status, 0) + 1
+        seen += 1
+        if seen >= n:
+            done.set()
     dbl._client_message = on_msg
     try:
         t_end = time.monotonic() + 120
-        while not dbl.clients and time.monotonic() < t_end:
+        while len(dbl.clients) < workers and time.monotonic() < t_end:
             await asyncio.sleep(0.1)
-        ws = next(iter(dbl.clients))
+        by_topic = {t: ws for t in {x[1] for x in texts}
+                    for ws, subs in dbl.clients.items() if any(t.startswith(p) for p in subs)}
+        cpu0 = cpu_seconds(proc.pid)
         t0 = time.perf_counter()
-        for u, text in texts:
+        for u, topic, text in texts:
             while len(sent) >= window:
                 await asyncio.sleep(0.0005)
             sent[u] = time.perf_counter()
-            await ws.send(text)
+            await by_topic[topic].send(text)
         await asyncio.wait_for(done.wait(), 300)
         wall = time.perf_counter() - t0
+        cpu = cpu_seconds(proc.pid) - cpu0
     finally:
         proc.terminate()
-        proc.wait(30)
+        proc.wait(60)
         await dbl.stop()
     a = np.array(lat) * 1000
     r = {"label": label, "flows": n, "seconds": wall, "flows_per_s": n / wall,
          "p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)),
-         "statuses": statuses}
-    print(f"{label:>14}: {n} flows in {wall:.2f}s = {n / wall:,.0f} flows/s; verdict latency "
-          f"p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms; {statuses}", flush=True)
+         "statuses": statuses, "detector_cpu_us_per_flow": cpu / n * 1e6}
+    print(f"{label:>14}, {workers} worker(s): {n} flows in {wall:.2f}s = {n / wall:,.0f} "
+          f"flows/s; verdict latency p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms; "
+          f"detector CPU {cpu / n * 1e6:.0f} us/flow; {statuses}", flush=True)
     return r
 
 
-def score_only(model: str, n: int, device: str | None) -> None:
-    """The scoring stage alone: FlowScorer.score_flows on random K x L samples."""
+def score_only(model: str, n: int, device: str | None, sizes=(64, 256, 1024, 4096, 16384),
+               packet_batches=(4096, 32768), seconds: float = 3.0) -> None:
+    """The scoring stage alone: FlowScorer.score_flows (host uint8 in, float64 scores out,
+    transfers included) on random K x L samples with all K packets selected (the most work
+    a flow can be), per flows-per-call and packets-per-forward (FlowScorer.batch_size)."""
+    import torch
+
     from semiflow.detector.scoring import load_scorer
-    sc = load_scorer(model, device=device)
-    k, l = sc.spec.k, sc.spec.l
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (n, k, l), dtype=np.uint8)
-    nsel = np.full(n, k)
-    sc.score_flows(x[:256], nsel[:256])  # warm-up
-    for bs in (256, 1024, 4096):
-        t = time.perf_counter()
-        for i in range(0, n, bs):
-            sc.score_flows(x[i:i + bs], nsel[i:i + bs])
-        dt = time.perf_counter() - t
-        print(f"score_flows on {sc.device} batch {bs}: {n / dt:,.0f} flows/s "
-              f"({n * k / dt:,.0f} packets/s), K={k} L={l}", flush=True)
+    torch.backends.cudnn.benchmark = True
+    for pb in packet_batches:
+        sc = load_scorer(model, device=device, batch_size=pb)
+        k, l = sc.spec.k, sc.spec.l
+        rng = np.random.default_rng(0)
+        x = rng.integers(0, 256, (max(n, max(sizes)), k, l), dtype=np.uint8)
+        nsel = np.full(len(x), k)
+        name = torch.cuda.get_device_name() if sc.device.type == "cuda" else "cpu"
+        for bs in sizes:
+            for _ in range(3):  # warm-up (cudnn picks kernels per shape)
+                sc.score_flows(x[:bs], nsel[:bs])
+            done, t = 0, time.perf_counter()
+            while time.perf_counter() - t < seconds:
+                i = done % (len(x) - bs + 1)
+                sc.score_flows(x[i:i + bs], nsel[i:i + bs])
+                done += bs
+            dt = time.perf_counter() - t
+            print(f"score_flows on {name}: {bs:>6} flows/call, {pb:>6} packets/forward: "
+                  f"{done / dt:>10,.0f} flows/s ({done * k / dt:>11,.0f} packets/s), "
+                  f"{dt / (done / bs) * 1000:7.2f} ms/call; K={k} L={l}", flush=True)
 
 
 def main() -> None:
@@ -142,13 +176,12 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=2048)
     ap.add_argument("--score-only", action="store_true")
     ap.add_argument("--device")
-    ap.add_argument("--serve-trivial", nargs=3, metavar=("K", "L", "URL"),
-                    help=argparse.SUPPRESS)
+    ap.add_argument("--workers", default="1,2", help="decode processes to compare (1,2)")
+    ap.add_argument("--max-batch", type=int, default=512)
+    ap.add_argument("--serve-trivial", action="store_true", help=argparse.SUPPRESS)
+    if sys.argv[1:2] == ["--serve-trivial"]:
+        sys.exit(serve_trivial(sys.argv[2:]))
     a = ap.parse_args()
-    if a.serve_trivial:
-        k, l, url = a.serve_trivial
-        serve_trivial(url, int(k), int(l))
-        return
     model = a.model
     if model is None:
         from serve_helpers import tiny_model
@@ -161,12 +194,13 @@ def main() -> None:
     reqs = build_requests(Path(a.corpus), spec.k, spec.l)
     print(f"{len(reqs)} distinct corpus flow requests (K={spec.k}, L={spec.l}), "
           f"{a.flows} sent per run, window {a.window}; CPU count {os.cpu_count()}", flush=True)
-    py = [sys.executable]
-    real = py + ["-m", "semiflow", "serve", "--model", model, "--device", a.device or "cpu",
-                 "--max-batch", "512", "--queue", "16384", "--zeek"]
-    triv = py + [__file__, "--serve-trivial", str(spec.k), str(spec.l)]
-    asyncio.run(run_once("trivial scorer", triv, reqs, a.flows, a.window))
-    asyncio.run(run_once("real model", real, reqs, a.flows, a.window))
+    opts = ["--model", model, "--device", a.device or "cpu", "--max-batch",
+            str(a.max_batch), "--queue", "16384", "--threads", "1", "--zeek"]
+    real = [sys.executable, "-m", "semiflow", "serve", *opts]
+    triv = [sys.executable, __file__, "--serve-trivial", *opts]
+    for w in map(int, a.workers.split(",")):
+        asyncio.run(run_once("trivial scorer", triv, reqs, a.flows, a.window, w))
+        asyncio.run(run_once("real model", real, reqs, a.flows, a.window, w))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,9 @@ META_FILE = "semiflow-model.json"
 WEIGHTS_FILE = "model.safetensors"
 PROVENANCE_FILE = "provenance.json"
 AGGREGATES = ("max", "mean", "median")
+# What the stored threshold and the scores are in: "log-odds" of anomalous (current) or
+# "probability" (artifacts written before the log-odds change, which lack the field).
+SCORE_KINDS = ("log-odds", "probability")
 
 
 @dataclass
@@ -41,6 +44,7 @@ class Artifact:
     model_name: str = "semiflow"
     model_version: str = ""
     provenance: dict = field(default_factory=dict)
+    score_kind: str = "log-odds"
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -79,6 +83,7 @@ def save_artifact(path: str | os.PathLike, encoder: torch.nn.Module,
         "format": FORMAT, "format_version": FORMAT_VERSION, "model_name": model_name,
         "model_version": model_version or f"{model_name}-{digest[:12]}",
         "config": config.to_dict(), "spec": spec.to_dict(), "aggregate": aggregate,
+        "score": "log-odds",
         "threshold": threshold.to_dict() if threshold is not None else None,
         "weights": {"file": WEIGHTS_FILE, "sha256": digest},
     }
@@ -127,6 +132,9 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
     aggregate = meta.get("aggregate", "max")
     if aggregate not in AGGREGATES:
         raise ValueError(f"model artifact: unknown aggregate {aggregate!r}")
+    score_kind = meta.get("score", "probability")
+    if score_kind not in SCORE_KINDS:
+        raise ValueError(f"model artifact: unknown score kind {score_kind!r}")
     wpath = root / weights.get("file", WEIGHTS_FILE)
     if not wpath.exists():
         raise ValueError(f"model artifact: weights {wpath.name} missing in {root}")
@@ -144,7 +152,8 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
     provenance = _read_json(prov_path) if prov_path.exists() else {}
     return Artifact(config=config, spec=spec, tensors=tensors, threshold=threshold,
                     aggregate=aggregate, model_name=str(meta.get("model_name", "semiflow")),
-                    model_version=str(meta.get("model_version", "")), provenance=provenance)
+                    model_version=str(meta.get("model_version", "")), provenance=provenance,
+                    score_kind=score_kind)
 
 
 def _load_into(module: torch.nn.Module, tensors: dict, prefix: str, wpath: Path) -> None:

@@ -1,6 +1,7 @@
 """FlowScorer: a loaded artifact ready for inference (encoder + classifier, batched).
 
-The serving loop and `semiflow score` both go through here: packets -> P(anomalous),
+The serving loop and `semiflow score` both go through here: packets -> log-odds of
+"anomalous" (P(anomalous) for artifacts older than the log-odds change),
 flows -> aggregate of their packets' scores (NaN when the flow had no selected packet: such
 a flow is unscored, never "normal"), verdicts against the artifact's threshold.
 """
@@ -14,7 +15,7 @@ import torch
 
 from .aggregate import aggregate_flow_scores
 from .artifact import Artifact, build_modules, load_artifact
-from .semiflow import packet_scores, resolve_device
+from .semiflow import packet_scores, probability, resolve_device
 from .spec import FlowSampleSpec
 from .threshold import Threshold
 
@@ -57,8 +58,13 @@ class FlowScorer:
     def model_version(self) -> str:
         return self.artifact.model_version
 
+    @property
+    def score_kind(self) -> str:
+        """'log-odds' (P(anomalous) = sigmoid(score)) or 'probability' (older artifacts)."""
+        return self.artifact.score_kind
+
     def score_packets(self, rows: np.ndarray) -> np.ndarray:
-        """P(anomalous) for packet rows uint8[n, L]."""
+        """Scores (in the artifact's score kind, as its threshold) for rows uint8[n, L]."""
         rows = np.asarray(rows)
         if rows.ndim != 2 or rows.shape[1] != self.spec.l or rows.dtype != np.uint8:
             raise ValueError(f"score_packets: expected uint8[n, {self.spec.l}], "
@@ -66,8 +72,9 @@ class FlowScorer:
         if len(rows) == 0:
             return np.zeros(0, np.float64)
         with torch.inference_mode():
-            return packet_scores(self.encoder, self.classifier, rows, self.device,
-                                 self.batch_size)
+            s = packet_scores(self.encoder, self.classifier, rows, self.device,
+                              self.batch_size)
+        return probability(s) if self.score_kind == "probability" else s
 
     def score_flows(self, samples: np.ndarray, n_selected: np.ndarray) -> np.ndarray:
         """Flow scores for samples uint8[m, K, L]; NaN where n_selected == 0."""

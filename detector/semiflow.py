@@ -3,8 +3,9 @@
 fit() runs the method's three stages on NORMAL rows only: (1) adversarial reconstruction
 (encoder/decoder/discriminator), (2) a normalizing flow on the frozen encoder's latents,
 (3) a classifier of normal latents vs pseudo-anomalies made by noising z = F(e) and running
-F backwards. anomaly_score() = softmax P(anomalous) of the classifier (higher = more
-anomalous); score_samples() = -anomaly_score() as scikit-learn expects (higher = more normal).
+F backwards. anomaly_score() = the classifier's log-odds of "anomalous" (higher = more
+anomalous; P(anomalous) = sigmoid of it, see anomaly_probability()); score_samples() =
+-anomaly_score() as scikit-learn expects (higher = more normal).
 Every stage early-stops on validation data that needs no labelled anomaly.
 """
 
@@ -50,7 +51,12 @@ def as_float(xb: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def packet_scores(encoder: Encoder, classifier: Classifier, X: np.ndarray,
                   device: torch.device, batch_size: int = 4096) -> np.ndarray:
-    """P(anomalous) per packet row, in float64 from the logit margin (fewer ties near 1)."""
+    """Log-odds of "anomalous" per packet row (the logit margin, float64).
+
+    Monotone in P(anomalous) = sigmoid(score), so rankings and thresholds are the same, but
+    it never saturates: P rounds to 0 or 1 (ties, "0.000001" in a Zeek log) long before the
+    log-odds stop telling packets apart.
+    """
     encoder.eval()
     classifier.eval()
     X = np.ascontiguousarray(X, dtype=np.uint8)
@@ -58,8 +64,14 @@ def packet_scores(encoder: Encoder, classifier: Classifier, X: np.ndarray,
     for i in range(0, len(X), batch_size):
         xb = torch.from_numpy(X[i:i + batch_size]).to(device)
         logits = classifier(encoder(as_float(xb))).double()
-        out[i:i + len(xb)] = torch.sigmoid(logits[:, 1] - logits[:, 0]).cpu().numpy()
+        out[i:i + len(xb)] = (logits[:, 1] - logits[:, 0]).cpu().numpy()
     return out
+
+
+def probability(log_odds: np.ndarray) -> np.ndarray:
+    """P(anomalous) from log-odds scores (NaN stays NaN)."""
+    from scipy.special import expit
+    return expit(np.asarray(log_odds, dtype=np.float64))
 
 
 def _check_rows(X, length: int, what: str) -> np.ndarray:
@@ -314,12 +326,24 @@ class SemiFlowDetector:
         self.flow_.eval()
         z, _ = self.flow_(e.flatten(1).float())
         eps = torch.randn(z.shape, generator=generator, device=z.device)
-        fake = self.flow_.inverse(z + cfg.noise_mu + cfg.noise_sigma * eps)
+        fake = self.flow_.inverse(z + cfg.noise_mu + self._noise_scales(len(z), generator) * eps)
         fake = torch.nan_to_num(fake, nan=0.0, posinf=1e4, neginf=-1e4).clamp(-1e4, 1e4)
         return fake.view_as(e)
 
+    def _noise_scales(self, n: int, generator: torch.Generator) -> torch.Tensor | float:
+        """sigma per pseudo-anomaly: fixed, or log-uniform in [noise_sigma, noise_sigma_max]
+        so the classifier also sees pseudo-anomalies close to the normal shell (graded
+        scores instead of a far, saturated boundary)."""
+        cfg = self.config_
+        if cfg.noise_sigma_max <= cfg.noise_sigma:
+            return cfg.noise_sigma
+        u = torch.rand((n, 1), generator=generator, device=self.device_)
+        lo, hi = math.log(cfg.noise_sigma), math.log(cfg.noise_sigma_max)
+        return torch.exp(lo + (hi - lo) * u)
+
     def _classifier_batch(self, e: torch.Tensor, gen: torch.Generator):
-        fake = self.pseudo_anomalies(e[: max(1, len(e) // 2)], gen)   # 2:1 normal:pseudo
+        n_fake = max(1, int(round(len(e) * self.config_.pseudo_ratio)))
+        fake = self.pseudo_anomalies(e[:n_fake], gen)   # default 2:1 normal:pseudo
         inputs = torch.cat([e, fake])
         target = torch.cat([torch.zeros(len(e), dtype=torch.long, device=e.device),
                             torch.ones(len(fake), dtype=torch.long, device=e.device)])
@@ -376,17 +400,22 @@ class SemiFlowDetector:
             raise ValueError("SemiFlowDetector is not fitted yet: call fit() first")
 
     def anomaly_score(self, X: np.ndarray, batch_size: int = 4096) -> np.ndarray:
-        """P(anomalous) per packet row, in [0, 1]; higher = more anomalous."""
+        """Log-odds of "anomalous" per packet row (float64); higher = more anomalous."""
         self._check_fitted()
         X = _check_rows(X, self.config_.length, "anomaly_score")
         return packet_scores(self.encoder_, self.classifier_, X, self.device_, batch_size)
+
+    def anomaly_probability(self, X: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        """P(anomalous) per packet row, in [0, 1] (saturates: rank with anomaly_score)."""
+        return probability(self.anomaly_score(X, batch_size))
 
     def score_samples(self, X: np.ndarray) -> np.ndarray:
         """scikit-learn convention: higher = more normal."""
         return -self.anomaly_score(X)
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
-        return 0.5 - self.anomaly_score(X)
+        """Positive = normal (P(anomalous) < 0.5), as scikit-learn's outlier detectors."""
+        return -self.anomaly_score(X)
 
     @torch.no_grad()
     def encode(self, X: np.ndarray, batch_size: int = 4096) -> np.ndarray:

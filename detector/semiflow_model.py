@@ -30,7 +30,9 @@ class SemiFlowConfig:
     cls_channels: int = 32
     cls_hidden: tuple[int, ...] = (128, 64)
     noise_mu: float = 0.0                   # pseudo-anomaly noise in the flow's N(0, I) space
-    noise_sigma: float = 2.0
+    noise_sigma: float = 0.05               # (measured: docs/model.md, "Pseudo-anomaly noise")
+    noise_sigma_max: float = 1.0            # > noise_sigma: sigma log-uniform in between
+    pseudo_ratio: float = 0.5               # pseudo-anomalies per normal sample in a batch
     w_rec: float = 50.0
     w_adv: float = 1.0
     lr: float = 1e-3
@@ -60,7 +62,7 @@ class SemiFlowConfig:
         base = dict(length=1600, enc_channels=(16, 32, 64, 128), latent_channels=70,
                     dec_channels=(4096, 2048, 1024, 512), flow_blocks=8, flow_hidden=0,
                     cls_channels=140, cls_hidden=(1024, 256, 128), noise_mu=5.0,
-                    noise_sigma=15.0, epochs=(100, 100, 100), patience=10)
+                    noise_sigma=15.0, noise_sigma_max=0.0, epochs=(100, 100, 100), patience=10)
         base.update(kw)
         return cls(**base)
 

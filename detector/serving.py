@@ -178,6 +178,7 @@ class MicroBatcher:
         self._q: queue.Queue = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
         self._accepting = True
+        self._warm_up()
         self._thread = threading.Thread(target=self._run, name="semiflow-batcher", daemon=True)
         self._thread.start()
 
@@ -228,6 +229,18 @@ class MicroBatcher:
             except queue.Empty:
                 break
         return items
+
+    def _warm_up(self) -> None:
+        """Load the compiled kernels and run the model once before the first real batch
+        (else the first requests wait for numba's cache and torch's first forward)."""
+        try:
+            b = RequestBatch.empty()
+            build_flow_samples(b.blob, b.frame_off, b.frame_len, b.linktype, b.ts,
+                               b.wire_len, b.is_orig, b.flow_start, self.spec)
+            one = np.zeros((1, self.spec.k, self.spec.l), np.uint8)
+            self.scorer.score_flows(one, np.ones(1, np.int64))
+        except Exception as e:  # the real batches will report it
+            log.warning("warm-up failed: %r", e)
 
     def _run(self) -> None:
         while True:

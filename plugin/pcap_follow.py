@@ -151,6 +151,7 @@ class PcapLogFollower:
                 before = int(self.table.skips[fr.SKIP_TRUNCATED_RECORD])
                 self.table.st[fs.S_POS] = 0
                 yield from self.table.scan(self._buf, n, last, False)
+                yield from self._take()
                 used = int(self.table.st[fs.S_POS])
                 if last and int(self.table.skips[fr.SKIP_TRUNCATED_RECORD]) > before:
                     self.counters.truncated_tails += 1
@@ -167,6 +168,14 @@ class PcapLogFollower:
             fst[fs.FS_NOW] = now
         self.table.st[fs.S_POS] = 0
         yield from self.table.scan(_EMPTY, 0, False, False)
+        yield from self._take()
+
+    def _take(self) -> Iterator[FlowBatch]:
+        # flows the kernel finished (timeouts) wait in its output buffer: hand them out now,
+        # so that none is held back and a checkpoint never misses one
+        batch = self.table.take_output()
+        if batch is not None:
+            yield batch
 
     @property
     def capture_time(self) -> float:

@@ -9,6 +9,7 @@ community_id alone is the join key when Suricata has not logged the flow yet.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -208,7 +209,7 @@ def semiflow_record(*, ts: float, community_id: str, flow_id: int | None, src_ip
         "proto": _PROTO_EVE.get(proto, proto.upper()), "community_id": community_id,
         "semiflow": {
             "score": None if score is None else round(float(score), 6),
-            "threshold": None if threshold != threshold else round(float(threshold), 6),
+            "threshold": round(float(threshold), 6) if math.isfinite(threshold) else None,
             "verdict": verdict, "status": status, "model": model,
             "model_version": model_version, "packets_used": int(packets_used),
             "uid": uid, "joined": flow_id is not None,

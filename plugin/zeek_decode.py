@@ -162,7 +162,7 @@ def decode_flow_requests(raws: list) -> RequestBatch:
         linktype = np.repeat(np.array(lts, np.int64), counts)
         wire_len = np.array(wl_all, np.int64)
     except OverflowError:  # counts beyond int64: no real frame has them
-        return _one_by_one(raws)
+        return _one_by_one(raws) if len(raws) > 1 else _overflow(raws[0])
     return RequestBatch(keys=keys, replies=replies, items=items, ks=k_arr,
                         blob=np.frombuffer(b"".join(chunks), np.uint8), frame_off=off,
                         frame_len=lens, linktype=linktype,
@@ -171,18 +171,16 @@ def decode_flow_requests(raws: list) -> RequestBatch:
                         errors=errors)
 
 
+def _overflow(raw) -> RequestBatch:
+    key, reply = head_of(raw) or (None, None)
+    b = RequestBatch.empty()
+    b.errors = [(0, RequestError("value", "a number is out of range", key, reply))]
+    return b
+
+
 def _one_by_one(raws: list) -> RequestBatch:
     """Slow fallback when a batch holds an out-of-range number: isolate the culprit(s)."""
-    parts = []
-    for i, raw in enumerate(raws):
-        try:
-            b = decode_flow_requests([raw])
-        except Exception:  # noqa: BLE001 - reported per flow below
-            key, reply = head_of(raw) or (None, None)
-            b = RequestBatch.empty()
-            b.errors = [(0, RequestError("value", "a number is out of range", key, reply))]
-        parts.append((i, b))
-    return RequestBatch.concat(parts)
+    return RequestBatch.concat([(i, decode_flow_requests([raw])) for i, raw in enumerate(raws)])
 
 
 # ---- verdicts ----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ selected packet is reported with status no_payload / unparsed and no score: unsc
 from __future__ import annotations
 
 import argparse
+import heapq
 import math
 import sys
 import tempfile
@@ -58,6 +59,7 @@ class ScoreResult:
     threshold: float = math.nan
     model: str = ""
     skipped_lines: list[str] = field(default_factory=list)
+    top: list[dict] = field(default_factory=list)   # highest-scoring flows, flagged or not
 
 
 def score_captures(captures: list[str], model_dir: str | Path, out_dir: str | Path,
@@ -88,6 +90,7 @@ def score_captures(captures: list[str], model_dir: str | Path, out_dir: str | Pa
             scores[i:i + batch_flows] = scorer.score_flows(
                 np.asarray(store.samples[i:i + batch_flows]), n_sel[i:i + batch_flows])
         pkt_ts = np.asarray(store.pkt_ts)
+        top: list = []   # a bounded heap of the 5 highest-scoring flows
         verdicts = scorer.verdicts(scores)
         with ZeekLogWriter(out / "semiflow.log", "semiflow", SEMIFLOW_FIELDS, json=json) as log, \
                 ZeekLogWriter(out / "notice.log", "notice", NOTICE_FIELDS, json=json) as notice:
@@ -108,10 +111,13 @@ def score_captures(captures: list[str], model_dir: str | Path, out_dir: str | Pa
                     res.unscored[status] = res.unscored.get(status, 0) + 1
                     continue
                 res.scored += 1
+                item = (float(scores[i]), i, rec)
+                (heapq.heappush if len(top) < 5 else heapq.heappushpop)(top, item)
                 if verdicts[i] == "anomalous":
                     notice.write(_notice(rec, latency, used))
                     res.flagged.append({**rec, "source_file": f.source_file})
     res.flagged.sort(key=lambda r: -r["score"])
+    res.top = [r for _, _, r in sorted(top, key=lambda t: -t[0])]
     return res
 
 
@@ -120,7 +126,7 @@ def _notice(rec: dict, latency: float | None, used: int) -> dict:
             "id.orig_h": rec["id.orig_h"], "id.orig_p": rec["id.orig_p"],
             "id.resp_h": rec["id.resp_h"], "id.resp_p": rec["id.resp_p"],
             "proto": rec["proto"], "note": NOTE,
-            "msg": f"SemiFlow anomaly score {rec['score']:.4f} above threshold "
+            "msg": f"SemiFlow anomaly score (log-odds) {rec['score']:.4f} above threshold "
                    f"{rec['threshold']:.4f} ({used} packets)",
             "sub": f"model={rec['model']} version={rec['model_version']}",
             "src": rec["id.orig_h"], "dst": rec["id.resp_h"], "p": rec["id.resp_p"],
@@ -136,10 +142,15 @@ def print_summary(res: ScoreResult, top: int = 20, file=None) -> None:
           f"unscored: {unscored}", file=file)
     for r in res.flagged[:top]:
         print(f"  FLAGGED {r['uid']} {r['proto']} {r['id.orig_h']}:{r['id.orig_p']} -> "
-              f"{r['id.resp_h']}:{r['id.resp_p']} score {r['score']:.4f} "
+              f"{r['id.resp_h']}:{r['id.resp_p']} score {r['score']:.6g} "
               f"({Path(r['source_file']).name})", file=file)
     if len(res.flagged) > top:
         print(f"  ... and {len(res.flagged) - top} more (see notice.log)", file=file)
+    if res.top and not res.flagged:
+        print("highest scores (none above the threshold):", file=file)
+        for r in res.top:
+            print(f"  {r['uid']} {r['proto']} {r['id.orig_h']}:{r['id.orig_p']} -> "
+                  f"{r['id.resp_h']}:{r['id.resp_p']} score {r['score']:.6g}", file=file)
     for line in res.skipped_lines:
         print(f"  note: {line}", file=file)
     print(f"wrote {res.out_dir / 'semiflow.log'} and {res.out_dir / 'notice.log'}", file=file)

@@ -113,10 +113,10 @@ def parse_shards(shard: str) -> tuple[list[int], int]:
     n = int(m.group(2))
     out: set[int] = set()
     for part in m.group(1).split(","):
-        lo, _, hi = part.partition("-")
-        if not lo.isdigit() or (hi and not hi.isdigit()):
+        r = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not r:
             raise ValueError(f"--shard: bad shard list {m.group(1)!r}")
-        out.update(range(int(lo), int(hi or lo) + 1))
+        out.update(range(int(r.group(1)), int(r.group(2) or r.group(1)) + 1))
     if not out or max(out) >= n:
         raise ValueError(f"--shard: shards must lie in 0..{n - 1}, got {shard!r}")
     return sorted(out), n
@@ -190,7 +190,8 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, scorer: Scorer | None = None) -> int:
+    """The service; `scorer` replaces the --model artifact (benchmarks' trivial scorer)."""
     from semiflow.detector.scoring import load_scorer
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -201,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
     shards = worker_shards(args.shard, args.workers)
     if args.workers > 1 and not args.scorer_addr:
         from semiflow.serve_pool import run_pool
-        return run_pool(args, load_scorer(args.model, device=args.device), shards)
+        return run_pool(args, scorer or load_scorer(args.model, device=args.device), shards)
     topics = topics_for(args.topic_prefix, args.shard)
     ssl_context = None
     if args.zeek.startswith("wss://"):
@@ -211,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
     if args.scorer_addr:
         from semiflow.detector.serving_zmq import RemoteScorer
         scorer = RemoteScorer(args.scorer_addr)
-    else:
+    elif scorer is None:
         scorer = load_scorer(args.model, device=args.device)
     app = ServeApp(scorer, args.zeek, topics, max_batch=args.max_batch,
                    max_wait=args.max_wait_ms / 1000.0, queue_size=args.queue,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -295,7 +294,3 @@ def live_records(out: Path, server_ip: str) -> list[dict]:
         return [r for r in eve_records(out, "semiflow") if r["dest_ip"] == server_ip]
     except (json.JSONDecodeError, OSError):
         return []
-
-
-def _unused() -> None:  # keep socket imported for type users
-    socket.socket

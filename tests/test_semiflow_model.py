@@ -117,7 +117,11 @@ def test_scores_reproducible_and_api():
     b = SemiFlowDetector(TINY, epochs=1, random_state=5).fit(X, Xv)
     test = tiny_rows(20, seed=9)
     sa = a.anomaly_score(test)
-    assert sa.shape == (20,) and ((sa >= 0) & (sa <= 1)).all()
+    assert sa.shape == (20,) and sa.dtype == np.float64 and np.isfinite(sa).all()
+    p = a.anomaly_probability(test)                 # log-odds -> P(anomalous), same order
+    assert ((p >= 0) & (p <= 1)).all()
+    np.testing.assert_allclose(p, 1.0 / (1.0 + np.exp(-sa)), rtol=1e-12)
+    assert (np.diff(p[np.argsort(sa)]) >= 0).all()
     np.testing.assert_array_equal(sa, b.anomaly_score(test))
     np.testing.assert_array_equal(a.score_samples(test), -sa)
     assert a.encode(test).shape == (20, TINY.latent_dim)
