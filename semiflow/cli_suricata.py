@@ -56,7 +56,8 @@ def register(sub) -> None:
     p.add_argument("--poll", type=float, default=0.5, metavar="S",
                    help="seconds between polls with --follow (default 0.5)")
     p.add_argument("--idle-exit", type=float, default=None, metavar="S",
-                   help="with --follow: stop after S seconds without new data")
+                   help="with --follow: stop after S seconds without new data (counted "
+                        "from the first data read)")
     p.add_argument("--scored-only", action="store_true",
                    help="no records for flows without a selected packet (unscored)")
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
@@ -101,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
                 conn.step()
                 if (conn.follower.counters.bytes_read, conn.counters.records) != before:
                     last_new = time.time()
-                elif args.idle_exit is not None and time.time() - last_new > args.idle_exit:
+                elif args.idle_exit is not None and conn.follower.counters.bytes_read > 0 \
+                        and time.time() - last_new > args.idle_exit:
                     stop.append("idle")
                     break
                 time.sleep(args.poll)

@@ -59,6 +59,26 @@ def test_round_trip_scores_identically(saved):
     np.testing.assert_allclose(scorer.score_packets(X), expected, rtol=1e-6)
 
 
+def test_scores_are_log_odds_and_older_probability_artifacts_still_load(saved):
+    path, enc, cls, _ = saved
+    meta = json.loads((path / META_FILE).read_text())
+    assert meta["score"] == "log-odds"
+    X = rows(40, seed=4)
+    logit = load_scorer(path, device="cpu").score_packets(X)
+    with torch.no_grad():
+        raw = cls(enc(torch.from_numpy(X).float().div(255).unsqueeze(1)))
+    np.testing.assert_allclose(logit, (raw[:, 1] - raw[:, 0]).double().numpy(), atol=1e-5)
+    del meta["score"]            # as written before the log-odds change: P(anomalous) scores
+    (path / META_FILE).write_text(json.dumps(meta))
+    old = load_scorer(path, device="cpu")
+    assert old.score_kind == "probability"
+    np.testing.assert_allclose(old.score_packets(X), 1 / (1 + np.exp(-logit)), rtol=1e-9)
+    meta["score"] = "entropy"
+    (path / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="score kind"):
+        load_artifact(path)
+
+
 def test_score_flows_aggregates_and_leaves_empty_flows_unscored(saved):
     path, enc, cls, _ = saved
     scorer = load_scorer(path, device="cpu")
