@@ -18,16 +18,23 @@ files() {  # the manifest's files with label $1 (column 5), as paths under the c
 }
 mapfile -t normal < <(files normal)
 mapfile -t anomalous < <(files anomalous)
-echo "extracting ${#normal[@]} normal capture files -> $work/normal.flows"
-nice "$semiflow" extract "${normal[@]}" --manifest "$corpus/manifest.csv" -o "$work/normal.flows" -q
+# An existing extraction in WORK_DIR is reused (delete it to re-extract).
+if [ ! -f "$work/normal.flows/flows.parquet" ]; then
+    echo "extracting ${#normal[@]} normal capture files -> $work/normal.flows"
+    nice "$semiflow" extract "${normal[@]}" --manifest "$corpus/manifest.csv" \
+        -o "$work/normal.flows" -q
+fi
 # Anomalous files: scored for the training report only (train never fits them).
-echo "extracting ${#anomalous[@]} anomalous capture files -> $work/anomalous.flows (report only)"
-nice "$semiflow" extract "${anomalous[@]}" --manifest "$corpus/manifest.csv" \
-    -o "$work/anomalous.flows" -q
+if [ ! -f "$work/anomalous.flows/flows.parquet" ]; then
+    echo "extracting ${#anomalous[@]} anomalous capture files -> $work/anomalous.flows (report only)"
+    nice "$semiflow" extract "${anomalous[@]}" --manifest "$corpus/manifest.csv" \
+        -o "$work/anomalous.flows" -q
+fi
 
 # One thread: on a shared 2-core machine torch's default threading is several times slower.
-nice "$semiflow" train "$work/normal.flows" "$work/anomalous.flows" -o "$work/model" --config small --epochs "$epochs" \
-    --seed 42 --target-fpr 1e-3 --max-flows-per-file 100 --device cpu --threads 1 -q
+nice "$semiflow" train "$work/normal.flows" "$work/anomalous.flows" -o "$work/model" \
+    --config small --epochs "$epochs" --seed 42 --target-fpr 1e-3 --max-flows-per-file 100 \
+    --device cpu --threads 1 -q
 
 mkdir -p "$here/semiflow/data/model"
 cp "$work/model/model.safetensors" "$work/model/semiflow-model.json" \
