@@ -153,17 +153,17 @@ class LogLMDetector:
         gid = np.repeat(np.arange(len(starts)), lengths)
         order = np.lexsort((-s, gid))  # per dyad-hour, most surprising flow first
         rank = np.arange(len(s)) - np.repeat(starts, lengths)
-        top = order[rank < self.top_k]
-        tops = pd.DataFrame({"g": gid[top], "tok": seq["token"].to_numpy()[top],
-                             "uid": seq["uid"].to_numpy()[top]}).groupby("g", sort=True)
+        top = order[rank < self.top_k]  # grouped by dyad-hour, every group present
+        cuts = np.flatnonzero(np.diff(gid[top])) + 1
+        top_tokens = [a.tolist() for a in np.split(seq["token"].to_numpy()[top], cuts)]
+        top_uids = [a.tolist() for a in np.split(seq["uid"].to_numpy()[top], cuts)]
         score = np.maximum.reduceat(s, starts)
         out = pd.DataFrame({
             "ts": seq["hour"].to_numpy()[starts], "host_a": seq["host_a"].to_numpy()[starts],
             "host_b": seq["host_b"].to_numpy()[starts], "n_flows": lengths,
             "score": score.astype(np.float64), "threshold": thr,
             "verdict": np.where(score > thr, "anomalous", "normal"),
-            "top_tokens": tops["tok"].agg(list).to_list(),
-            "top_uids": tops["uid"].agg(list).to_list(),
+            "top_tokens": top_tokens, "top_uids": top_uids,
             "malicious": np.maximum.reduceat(seq["malicious"].to_numpy(), starts)})
         return out[cols]
 
