@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # torch first: its pinned CPU wheel keeps pip from pulling the CUDA build (users bring their own).
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo test lint suricata clean
+.PHONY: install demo test lint suricata chromium clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m venv $(VENV)
@@ -29,7 +29,12 @@ suricata:
 	@sh ci/install-suricata.sh || \
 		echo "warning: could not install Suricata 7; its tests will be skipped"
 
-test: install lint suricata
+# Debian's Chromium for the report's headless-browser test (skips, saying why, without it).
+chromium:
+	@sh ci/install-chromium.sh || \
+		echo "warning: could not install Chromium; the report browser test will be skipped"
+
+test: install lint suricata chromium
 	$(BIN)/python -m pytest -q
 
 clean:

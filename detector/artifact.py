@@ -1,6 +1,7 @@
 """The model artifact: a directory that says everything needed to score, and how it was made.
 
-    model.safetensors    encoder.* and classifier.* tensors (safetensors: loading runs no code)
+    model.safetensors    encoder.* and classifier.* tensors, plus flow.* when the artifact
+                         scores with the flow's density (safetensors: loading runs no code)
     semiflow-model.json  format, model name/version, SemiFlowConfig, FlowSampleSpec, aggregate,
                          threshold, sha256 of the weights
     provenance.json      data files + sha256, metrics, package versions, git commit, command
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .semiflow_model import Classifier, Encoder, SemiFlowConfig
+from .semiflow_model import Classifier, Encoder, Flow, SemiFlowConfig
 from .spec import FlowSampleSpec
 from .threshold import Threshold
 
@@ -29,9 +30,10 @@ META_FILE = "semiflow-model.json"
 WEIGHTS_FILE = "model.safetensors"
 PROVENANCE_FILE = "provenance.json"
 AGGREGATES = ("max", "mean", "median")
-# What the stored threshold and the scores are in: "log-odds" of anomalous (current) or
-# "probability" (artifacts written before the log-odds change, which lack the field).
-SCORE_KINDS = ("log-odds", "probability")
+# What the stored threshold and the scores are in: the classifier's "log-odds" of anomalous,
+# the flow's NLL per dimension ("flow-nll", needs flow.* weights), or "probability"
+# (artifacts written before the log-odds change, which lack the field).
+SCORE_KINDS = ("log-odds", "flow-nll", "probability")
 
 
 @dataclass
@@ -63,12 +65,19 @@ def save_artifact(path: str | os.PathLike, encoder: torch.nn.Module,
                   classifier: torch.nn.Module, config: SemiFlowConfig, spec: FlowSampleSpec,
                   threshold: Threshold | None = None, aggregate: str = "max",
                   provenance: dict | None = None, model_name: str = "semiflow",
-                  model_version: str | None = None) -> Path:
-    """Write the artifact directory (created if needed; its three files replaced)."""
+                  model_version: str | None = None, *, score: str = "log-odds",
+                  flow: torch.nn.Module | None = None) -> Path:
+    """Write the artifact directory (created if needed; its three files replaced).
+
+    score="flow-nll" stores the flow too (its scores are the flow's NLL per dimension)."""
     from safetensors.torch import save_file
 
     if aggregate not in AGGREGATES:
         raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
+    if score not in ("log-odds", "flow-nll"):
+        raise ValueError(f"score must be log-odds or flow-nll, got {score!r}")
+    if (score == "flow-nll") != (flow is not None):
+        raise ValueError("a flow is stored exactly when score is flow-nll")
     if spec.l != config.length:
         raise ValueError(f"spec L={spec.l} does not match the model's length {config.length}")
     out = Path(path)
@@ -77,13 +86,16 @@ def save_artifact(path: str | os.PathLike, encoder: torch.nn.Module,
                for k, v in encoder.state_dict().items()}
     tensors.update({f"classifier.{k}": v.detach().cpu().contiguous()
                     for k, v in classifier.state_dict().items()})
+    if flow is not None:
+        tensors.update({f"flow.{k}": v.detach().cpu().contiguous()
+                        for k, v in flow.state_dict().items()})
     save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": FORMAT})
     digest = sha256_file(out / WEIGHTS_FILE)
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "model_name": model_name,
         "model_version": model_version or f"{model_name}-{digest[:12]}",
         "config": config.to_dict(), "spec": spec.to_dict(), "aggregate": aggregate,
-        "score": "log-odds",
+        "score": score,
         "threshold": threshold.to_dict() if threshold is not None else None,
         "weights": {"file": WEIGHTS_FILE, "sha256": digest},
     }
@@ -148,6 +160,8 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
     encoder, classifier = inference_modules(config)
     for name, mod in (("encoder", encoder), ("classifier", classifier)):
         _load_into(mod, tensors, name, wpath)
+    if score_kind == "flow-nll":
+        _load_into(Flow(config), tensors, "flow", wpath)
     prov_path = root / PROVENANCE_FILE
     provenance = _read_json(prov_path) if prov_path.exists() else {}
     return Artifact(config=config, spec=spec, tensors=tensors, threshold=threshold,
@@ -173,3 +187,12 @@ def build_modules(artifact: Artifact, device: torch.device | str = "cpu"
     _load_into(encoder, artifact.tensors, "encoder", Path(WEIGHTS_FILE))
     _load_into(classifier, artifact.tensors, "classifier", Path(WEIGHTS_FILE))
     return encoder.to(device).eval(), classifier.to(device).eval()
+
+
+def build_flow(artifact: Artifact, device: torch.device | str = "cpu") -> Flow:
+    """The flow of a score="flow-nll" artifact, in eval mode on `device`."""
+    if artifact.score_kind != "flow-nll":
+        raise ValueError(f"model artifact scores with {artifact.score_kind}: it has no flow")
+    flow = Flow(artifact.config)
+    _load_into(flow, artifact.tensors, "flow", Path(WEIGHTS_FILE))
+    return flow.to(device).eval()

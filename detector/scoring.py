@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from .aggregate import aggregate_flow_scores
-from .artifact import Artifact, build_modules, load_artifact
-from .semiflow import packet_scores, probability, resolve_device
+from .artifact import Artifact, build_flow, build_modules, load_artifact
+from .semiflow_inference import flow_nll_scores, packet_scores, probability, resolve_device
 from .spec import FlowSampleSpec
 from .threshold import Threshold
 
@@ -31,6 +31,8 @@ class FlowScorer:
         self.device = resolve_device(device)
         self.batch_size = batch_size
         self.encoder, self.classifier = build_modules(artifact, self.device)
+        self.flow = build_flow(artifact, self.device) if artifact.score_kind == "flow-nll" \
+            else None
 
     @property
     def spec(self) -> FlowSampleSpec:
@@ -60,7 +62,8 @@ class FlowScorer:
 
     @property
     def score_kind(self) -> str:
-        """'log-odds' (P(anomalous) = sigmoid(score)) or 'probability' (older artifacts)."""
+        """'log-odds' (P(anomalous) = sigmoid(score)), 'flow-nll' (the flow's NLL per
+        dimension) or 'probability' (older artifacts)."""
         return self.artifact.score_kind
 
     def score_packets(self, rows: np.ndarray) -> np.ndarray:
@@ -72,6 +75,9 @@ class FlowScorer:
         if len(rows) == 0:
             return np.zeros(0, np.float64)
         with torch.inference_mode():
+            if self.flow is not None:
+                return flow_nll_scores(self.encoder, self.flow, rows, self.device,
+                                       self.batch_size)
             s = packet_scores(self.encoder, self.classifier, rows, self.device,
                               self.batch_size)
         return probability(s) if self.score_kind == "probability" else s

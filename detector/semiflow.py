@@ -20,6 +20,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .semiflow_inference import (  # noqa: F401 - packet_scores, resolve_device re-exported
+    as_float,
+    flow_nll_scores,
+    packet_scores,
+    probability,
+    resolve_device,
+)
+from .semiflow_inference import auroc as _auroc
+from .semiflow_inference import check_rows as _check_rows
 from .semiflow_model import (
     Classifier,
     Decoder,
@@ -30,59 +39,10 @@ from .semiflow_model import (
 )
 
 STAGES = ("reconstruction", "flow", "classifier")
+# What anomaly_score returns: the method's classifier log-odds, or the flow's NLL per
+# dimension (measured better on the corpus benchmarks: docs/model.md).
+SCORES = ("classifier", "flow-nll")
 _VAL_ROWS = 4096
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """CUDA when available unless told otherwise."""
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda requested but torch sees no CUDA device")
-    return dev
-
-
-def as_float(xb: torch.Tensor) -> torch.Tensor:
-    """uint8[B, L] -> float[B, 1, L] in [0, 1] (the method's 1-channel input)."""
-    return (xb.float() / 255.0).unsqueeze(1)
-
-
-@torch.no_grad()
-def packet_scores(encoder: Encoder, classifier: Classifier, X: np.ndarray,
-                  device: torch.device, batch_size: int = 4096) -> np.ndarray:
-    """Log-odds of "anomalous" per packet row (the logit margin, float64).
-
-    Monotone in P(anomalous) = sigmoid(score), so rankings and thresholds are the same, but
-    it never saturates: P rounds to 0 or 1 (ties, "0.000001" in a Zeek log) long before the
-    log-odds stop telling packets apart.
-    """
-    encoder.eval()
-    classifier.eval()
-    X = np.ascontiguousarray(X, dtype=np.uint8)
-    out = np.empty(len(X), np.float64)
-    for i in range(0, len(X), batch_size):
-        xb = torch.from_numpy(X[i:i + batch_size]).to(device)
-        logits = classifier(encoder(as_float(xb))).double()
-        out[i:i + len(xb)] = (logits[:, 1] - logits[:, 0]).cpu().numpy()
-    return out
-
-
-def probability(log_odds: np.ndarray) -> np.ndarray:
-    """P(anomalous) from log-odds scores (NaN stays NaN)."""
-    from scipy.special import expit
-    return expit(np.asarray(log_odds, dtype=np.float64))
-
-
-def _check_rows(X, length: int, what: str) -> np.ndarray:
-    X = np.asarray(X)
-    if X.ndim != 2 or X.shape[1] != length:
-        raise ValueError(f"{what}: expected packet rows of shape (n, {length}), got {X.shape}")
-    if X.dtype != np.uint8:
-        raise ValueError(f"{what}: expected uint8 bytes, got {X.dtype}")
-    if len(X) == 0:
-        raise ValueError(f"{what}: no packet rows")
-    return X
 
 
 class SemiFlowDetector:
@@ -91,12 +51,15 @@ class SemiFlowDetector:
     config: SemiFlowConfig or "small" / "paper". epochs: int overriding every stage's
     maximum. amp: "bf16", "fp16" or "off" (CUDA only; the flow always runs in fp32).
     checkpoint: a file written after every epoch; resume=True continues from it.
+    score: "classifier" (the method: encoder + classifier log-odds) or "flow-nll" (encoder +
+    flow density; all three stages are trained either way).
     """
 
     def __init__(self, config: SemiFlowConfig | str = "small", epochs: int | None = None,
                  device: str | None = None, amp: str = "bf16", random_state: int | None = None,
                  checkpoint: str | Path | None = None, resume: bool = False,
-                 progress: bool = False, log: Callable[[str], None] | None = None):
+                 progress: bool = False, log: Callable[[str], None] | None = None,
+                 score: str = "classifier"):
         self.config = config
         self.epochs = epochs
         self.device = device
@@ -106,6 +69,7 @@ class SemiFlowDetector:
         self.resume = resume
         self.progress = progress
         self.log = log
+        self.score = score
 
     # ---- set-up -------------------------------------------------------------------------
     def _cfg(self) -> SemiFlowConfig:
@@ -200,6 +164,8 @@ class SemiFlowDetector:
         Without X_val, 10% of the rows are held out at random: callers that know capture
         files should pass a file-level split instead (training.train does).
         """
+        if self.score not in SCORES:
+            raise ValueError(f"unknown score {self.score!r}; choose from {', '.join(SCORES)}")
         self.config_ = cfg = self._cfg()
         self.device_ = resolve_device(self.device)
         X = _check_rows(X, cfg.length, "fit")
@@ -400,14 +366,21 @@ class SemiFlowDetector:
             raise ValueError("SemiFlowDetector is not fitted yet: call fit() first")
 
     def anomaly_score(self, X: np.ndarray, batch_size: int = 4096) -> np.ndarray:
-        """Log-odds of "anomalous" per packet row (float64); higher = more anomalous."""
+        """Per packet row, float64, higher = more anomalous: the classifier's log-odds of
+        "anomalous" (score="classifier") or the flow's NLL per dimension ("flow-nll")."""
         self._check_fitted()
         X = _check_rows(X, self.config_.length, "anomaly_score")
+        if self.score == "flow-nll":
+            return flow_nll_scores(self.encoder_, self.flow_, X, self.device_, batch_size)
         return packet_scores(self.encoder_, self.classifier_, X, self.device_, batch_size)
 
     def anomaly_probability(self, X: np.ndarray, batch_size: int = 4096) -> np.ndarray:
-        """P(anomalous) per packet row, in [0, 1] (saturates: rank with anomaly_score)."""
-        return probability(self.anomaly_score(X, batch_size))
+        """The classifier's P(anomalous) per packet row, in [0, 1] (saturates: rank with
+        the log-odds)."""
+        self._check_fitted()
+        X = _check_rows(X, self.config_.length, "anomaly_probability")
+        return probability(packet_scores(self.encoder_, self.classifier_, X, self.device_,
+                                         batch_size))
 
     def score_samples(self, X: np.ndarray) -> np.ndarray:
         """scikit-learn convention: higher = more normal."""
@@ -439,14 +412,3 @@ class SemiFlowDetector:
             x = as_float(torch.from_numpy(X[i:i + batch_size]).to(self.device_))
             out.append(((self.decoder_(self.encoder_(x)) - x) ** 2).mean((1, 2)).cpu().numpy())
         return np.concatenate(out).astype(np.float64)
-
-
-def _auroc(y: np.ndarray, s: np.ndarray) -> float:
-    """Rank-based AUROC (Mann-Whitney), ties averaged; no sklearn in the core."""
-    from scipy.stats import rankdata
-    pos = y == 1
-    n1, n0 = int(pos.sum()), int((~pos).sum())
-    if n1 == 0 or n0 == 0:
-        return float("nan")
-    r = rankdata(s)
-    return float((r[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))

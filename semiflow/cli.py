@@ -22,6 +22,9 @@ COMMAND_MODULES = [
     "semiflow.cli_logs",
     "semiflow.cli_evaluate",
     "semiflow.cli_suricata",
+    "semiflow.cli_report",
+    "semiflow.cli_explain",
+    "semiflow.cli_feedback",
 ]
 
 

@@ -64,7 +64,8 @@ class ScoreResult:
 
 def score_captures(captures: list[str], model_dir: str | Path, out_dir: str | Path,
                    json: bool = False, device: str | None = None, progress: bool = False,
-                   batch_flows: int = 2048) -> ScoreResult:
+                   batch_flows: int = 2048, explain: bool = False,
+                   allowlist: str | Path | None = None) -> ScoreResult:
     """Extract with the model's spec, score every flow, write semiflow.log + notice.log."""
     from semiflow.detector.scoring import load_scorer
     from semiflow.plugin.flowstore import FlowStore
@@ -92,6 +93,7 @@ def score_captures(captures: list[str], model_dir: str | Path, out_dir: str | Pa
         pkt_ts = np.asarray(store.pkt_ts)
         top: list = []   # a bounded heap of the 5 highest-scoring flows
         verdicts = scorer.verdicts(scores)
+        allowed = _allowed(flows, allowlist)
         with ZeekLogWriter(out / "semiflow.log", "semiflow", SEMIFLOW_FIELDS, json=json) as log, \
                 ZeekLogWriter(out / "notice.log", "notice", NOTICE_FIELDS, json=json) as notice:
             for i, f in enumerate(flows.itertuples(index=False)):
@@ -99,6 +101,8 @@ def score_captures(captures: list[str], model_dir: str | Path, out_dir: str | Pa
                 status = _STATUS.get(f.status, f.status)
                 used = int(n_sel[i])
                 latency = float(pkt_ts[i, used - 1] - f.ts) if used else None
+                if allowed[i]:   # the analyst's allow-list: not scored, never noticed
+                    status = "allowlisted"
                 scored = status == "scored" and not math.isnan(scores[i])
                 rec = {"ts": f.ts, "uid": f.uid, "id.orig_h": f.orig_h, "id.orig_p": f.orig_p,
                        "id.resp_h": f.resp_h, "id.resp_p": f.resp_p, "proto": f.proto,
@@ -114,21 +118,37 @@ def score_captures(captures: list[str], model_dir: str | Path, out_dir: str | Pa
                 item = (float(scores[i]), i, rec)
                 (heapq.heappush if len(top) < 5 else heapq.heappushpop)(top, item)
                 if verdicts[i] == "anomalous":
-                    notice.write(_notice(rec, latency, used))
+                    notice.write(_notice(rec, latency, used, _explain_sub(
+                        scorer, store, i, used) if explain else None))
                     res.flagged.append({**rec, "source_file": f.source_file})
     res.flagged.sort(key=lambda r: -r["score"])
     res.top = [r for _, _, r in sorted(top, key=lambda t: -t[0])]
     return res
 
 
-def _notice(rec: dict, latency: float | None, used: int) -> dict:
+# ---- allow-list and notice explanations (issue 7; both off unless asked) -------------------
+def _allowed(flows, allowlist) -> np.ndarray:
+    if not allowlist:
+        return np.zeros(len(flows), bool)
+    from semiflow.plugin.allowlist import allowlisted, read_allowlist
+    if not Path(allowlist).exists():
+        raise ValueError(f"{allowlist}: no such allow-list file")
+    return allowlisted(flows, read_allowlist(allowlist))[0]
+
+
+def _explain_sub(scorer, store, i: int, used: int) -> str:
+    from semiflow.detector.explain import explain_flow
+    return explain_flow(scorer, store.samples[i], used, steps=16).summary()
+
+
+def _notice(rec: dict, latency: float | None, used: int, sub: str | None = None) -> dict:
     return {"ts": rec["ts"] + (latency or 0.0), "uid": rec["uid"],
             "id.orig_h": rec["id.orig_h"], "id.orig_p": rec["id.orig_p"],
             "id.resp_h": rec["id.resp_h"], "id.resp_p": rec["id.resp_p"],
             "proto": rec["proto"], "note": NOTE,
             "msg": f"SemiFlow anomaly score (log-odds) {rec['score']:.4f} above threshold "
                    f"{rec['threshold']:.4f} ({used} packets)",
-            "sub": f"model={rec['model']} version={rec['model_version']}",
+            "sub": sub or f"model={rec['model']} version={rec['model_version']}",
             "src": rec["id.orig_h"], "dst": rec["id.resp_h"], "p": rec["id.resp_p"],
             "peer_descr": "semiflow", "actions": ["Notice::ACTION_LOG"], "email_dest": [],
             "suppress_for": SUPPRESS_FOR}
@@ -168,12 +188,17 @@ def register(sub) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
     p.add_argument("--top", type=int, default=20, help="flagged flows to print (default 20)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--explain", action="store_true",
+                   help="put a short explanation (top fields) in each notice's sub (slower)")
+    p.add_argument("--allowlist", metavar="FILE",
+                   help="allow-list (semiflow feedback): matching flows are not scored")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     model = args.model or default_model_dir()
     res = score_captures(args.captures, model, args.out, json=args.json, device=args.device,
-                         progress=not args.quiet and sys.stderr.isatty())
+                         progress=not args.quiet and sys.stderr.isatty(),
+                         explain=args.explain, allowlist=args.allowlist)
     print_summary(res, top=args.top)
     return 0

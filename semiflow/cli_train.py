@@ -27,6 +27,9 @@ def register(sub) -> None:
     p.add_argument("--target-fpr", type=float, default=DEFAULT_TARGET_FPR,
                    help=f"false-positive rate the threshold is calibrated for "
                         f"(default {DEFAULT_TARGET_FPR:g})")
+    p.add_argument("--score", choices=["classifier", "flow-nll"], default="classifier",
+                   help="what scores a packet: the classifier's log-odds (the method, default) "
+                        "or the flow's NLL per dimension (docs/model.md compares them)")
     p.add_argument("--aggregate", choices=["max", "mean", "median"], default="max",
                    help="flow score from packet scores (default max)")
     p.add_argument("--max-flows-per-file", type=int, default=100,
@@ -52,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     summary = train(args.extract_dirs, args.out, config=args.config, epochs=args.epochs,
                     device=args.device, seed=args.seed, target_fpr=args.target_fpr,
                     resume=args.resume, max_flows_per_file=args.max_flows_per_file,
-                    aggregate=args.aggregate, amp=args.amp,
+                    aggregate=args.aggregate, amp=args.amp, score=args.score,
                     progress=not args.quiet and sys.stderr.isatty(),
                     command="semiflow " + " ".join(sys.argv[1:]))
     print(f"model written to {summary['out']} ({summary['fit_seconds']:.1f} s of training, "

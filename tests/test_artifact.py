@@ -16,8 +16,8 @@ from semiflow.detector.artifact import (
     sha256_file,
 )
 from semiflow.detector.scoring import load_scorer
-from semiflow.detector.semiflow import packet_scores
-from semiflow.detector.semiflow_model import Classifier, Encoder, SemiFlowConfig
+from semiflow.detector.semiflow import flow_nll_scores, packet_scores
+from semiflow.detector.semiflow_model import Classifier, Encoder, Flow, SemiFlowConfig
 from semiflow.detector.spec import FlowSampleSpec
 from semiflow.detector.threshold import calibrate_threshold
 
@@ -77,6 +77,30 @@ def test_scores_are_log_odds_and_older_probability_artifacts_still_load(saved):
     (path / META_FILE).write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="score kind"):
         load_artifact(path)
+
+
+def test_flow_nll_artifact_stores_the_flow_and_scores_with_it(tmp_path):
+    torch.manual_seed(1)
+    enc, cls, flow = Encoder(CFG).eval(), Classifier(CFG).eval(), Flow(CFG).eval()
+    with torch.no_grad():            # a non-identity flow, so a lost weight would show
+        for p in flow.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    with pytest.raises(ValueError, match="flow"):
+        save_artifact(tmp_path / "bad", enc, cls, CFG, SPEC, score="flow-nll")
+    path = save_artifact(tmp_path / "model", enc, cls, CFG, SPEC, None, "max",
+                         score="flow-nll", flow=flow)
+    scorer = load_scorer(path, device="cpu")
+    assert scorer.score_kind == "flow-nll" and np.isnan(scorer.threshold)
+    X = rows(30, seed=2)
+    want = flow_nll_scores(enc, flow, X, torch.device("cpu"))
+    np.testing.assert_allclose(scorer.score_packets(X), want, rtol=1e-6)
+    assert not np.allclose(want, packet_scores(enc, cls, X, torch.device("cpu")))
+    plain = save_artifact(tmp_path / "plain", enc, cls, CFG, SPEC)     # no flow stored
+    meta = json.loads((plain / META_FILE).read_text())
+    meta["score"] = "flow-nll"
+    (plain / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="flow"):
+        load_artifact(plain)
 
 
 def test_score_flows_aggregates_and_leaves_empty_flows_unscored(saved):

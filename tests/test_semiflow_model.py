@@ -114,6 +114,20 @@ def test_losses_decrease_on_tiny_dataset():
     assert cls[-1]["val_pseudo_auroc"] > 0.75
 
 
+def test_flow_nll_score_option():
+    X, Xv = tiny_rows(128), tiny_rows(32, seed=3)
+    a = SemiFlowDetector(TINY, epochs=1, random_state=5).fit(X, Xv)
+    b = SemiFlowDetector(TINY, epochs=1, random_state=5, score="flow-nll").fit(X, Xv)
+    test = np.concatenate([tiny_rows(20, seed=9), np.random.default_rng(0).integers(
+        0, 256, (20, TINY.length)).astype(np.uint8)])          # 20 normal-like, 20 random
+    s = b.anomaly_score(test)
+    assert s.dtype == np.float64 and np.isfinite(s).all()
+    assert s[20:].mean() > s[:20].mean()        # random bytes are far less likely under the flow
+    np.testing.assert_array_equal(a.anomaly_probability(test), b.anomaly_probability(test))
+    with pytest.raises(ValueError, match="unknown score"):
+        SemiFlowDetector(TINY, score="radius").fit(X, Xv)
+
+
 def test_noise_scales_fixed_or_log_uniform():
     det = SemiFlowDetector(TINY, epochs=1, random_state=0).fit(tiny_rows(64), tiny_rows(16, 1))
     sig = det._noise_scales(20000, det._gen(7)).flatten().numpy()

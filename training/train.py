@@ -23,7 +23,8 @@ import pandas as pd
 
 from semiflow.detector.aggregate import aggregate_flow_scores
 from semiflow.detector.artifact import save_artifact, sha256_file
-from semiflow.detector.semiflow import SemiFlowDetector, _auroc
+from semiflow.detector.semiflow import SemiFlowDetector
+from semiflow.detector.semiflow_inference import auroc as _auroc
 from semiflow.detector.semiflow_model import SemiFlowConfig
 from semiflow.detector.threshold import DEFAULT_TARGET_FPR, calibrate_threshold, rates_at
 from semiflow.plugin.flowstore import FlowStore
@@ -153,7 +154,7 @@ def train(extract_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
           device: str | None = None, seed: int = 42, target_fpr: float = DEFAULT_TARGET_FPR,
           resume: bool = False, max_flows_per_file: int = 100, aggregate: str = "max",
           amp: str = "bf16", progress: bool = False, log: Callable[[str], None] = print,
-          command: str | None = None) -> dict:
+          command: str | None = None, score: str = "classifier") -> dict:
     """Fit SemiFlow on the normal flows, calibrate the threshold, write the artifact."""
     started = time.perf_counter()
     out = Path(out_dir)
@@ -175,7 +176,7 @@ def train(extract_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
         raise ValueError("fewer than 2 normal training packets: nothing to fit")
     det = SemiFlowDetector(cfg, epochs=epochs, device=device, amp=amp, random_state=seed,
                            checkpoint=out / CHECKPOINT, resume=resume, progress=progress,
-                           log=log)
+                           log=log, score=score)
     fit_start = time.perf_counter()
     det.fit(parts["train"].X, parts["val"].X if len(parts["val"].X) else None)
     fit_seconds = time.perf_counter() - fit_start
@@ -215,12 +216,15 @@ def train(extract_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
         "data_files": {name: _file_hashes(f) for name, f in files.items()},
         "anomalous_files_for_report_only": sorted(
             parts["anomalous"].flows["source_file"].unique().tolist()),
-        "seed": seed, "max_flows_per_file": max_flows_per_file, "device": str(det.device_),
+        "seed": seed, "score": score, "max_flows_per_file": max_flows_per_file,
+        "device": str(det.device_),
         "amp": amp if det.device_.type == "cuda" else "off",
         "versions": _versions(), "git_commit": _git_commit(), "metrics": metrics,
     }
+    flow_nll = score == "flow-nll"
     save_artifact(out, det.encoder_, det.classifier_, det.config_, spec, threshold, aggregate,
-                  provenance)
+                  provenance, score="flow-nll" if flow_nll else "log-odds",
+                  flow=det.flow_ if flow_nll else None)
     ckpt = out / CHECKPOINT
     if ckpt.exists():
         ckpt.unlink()   # training finished: the artifact is the result

@@ -5,3 +5,4 @@
 @load ./collect
 @load ./verdict
 @load ./cluster
+@load ./allowlist
