@@ -31,7 +31,7 @@ suricata:
 
 # Debian's Chromium for the report's headless-browser test (skips, saying why, without it).
 chromium:
-	@sh ci/install-chromium.sh || \
+	@bash ci/install-chromium.sh || \
 		echo "warning: could not install Chromium; the report browser test will be skipped"
 
 test: install lint suricata chromium
