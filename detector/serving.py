@@ -27,6 +27,7 @@ log = logging.getLogger("semiflow.serve")
 
 STATUS_ERROR = "error"
 STATUS_SHED = "shed"
+STATUS_ALLOWLISTED = "allowlisted"  # an analyst marked it benign: not scored, not noticed
 
 # Histogram buckets (seconds / flows) for the metrics endpoint.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -63,6 +64,7 @@ class RequestBatch:
     is_orig: np.ndarray
     flow_start: np.ndarray    # int64[m + 1]: flow i owns frames flow_start[i]:flow_start[i+1]
     errors: list = field(default_factory=list)  # (position in batch, RequestError)
+    ids: list = field(default_factory=list)  # (orig_h, orig_p, resp_h, resp_p) per flow, if known
 
     @classmethod
     def empty(cls) -> RequestBatch:
@@ -81,6 +83,7 @@ class RequestBatch:
             out.replies += b.replies
             out.items += [shift + i for i in b.items]
             out.errors += [(shift + i, e) for i, e in b.errors]
+            out.ids += b.ids if len(b.ids) == len(b.keys) else [None] * len(b.keys)
             blobs.append(b.blob)
             offs.append(b.frame_off + base)
             starts.append(b.flow_start[1:] + nfr)
@@ -165,13 +168,16 @@ class MicroBatcher:
     def __init__(self, scorer: Scorer, decode: Callable[[list], RequestBatch],
                  on_results: Callable[[list[FlowResult]], None], max_batch: int = 256,
                  max_wait: float = 0.005, queue_size: int = 8192,
-                 stats: ServingStats | None = None):
+                 stats: ServingStats | None = None,
+                 allow: Callable[[RequestBatch], np.ndarray] | None = None):
+        """allow(batch) -> bool[m]: flows an analyst allow-listed, answered without scoring."""
         if max_batch < 1 or queue_size < 1 or max_wait < 0:
             raise ValueError("max_batch and queue_size must be >= 1, max_wait >= 0")
         self.scorer = scorer
         self.spec = scorer.spec
         self.decode = decode
         self.on_results = on_results
+        self.allow = allow
         self.max_batch = max_batch
         self.max_wait = max_wait
         self.stats = stats or ServingStats()
@@ -274,6 +280,13 @@ class MicroBatcher:
         s = build_flow_samples(batch.blob, batch.frame_off, batch.frame_len, batch.linktype,
                                batch.ts, batch.wire_len, batch.is_orig, batch.flow_start, spec)
         ok = (s.status == 0) & ((batch.ks < 0) | (batch.ks == spec.k))
+        allowed = np.zeros(len(batch.keys), bool)
+        if self.allow is not None and len(batch.keys):
+            try:
+                allowed = np.asarray(self.allow(batch), bool)
+            except Exception as e:  # a bad allow-list must not stop scoring
+                self.stats.error("allowlist", repr(e))
+            ok &= ~allowed
         idx = np.flatnonzero(ok)
         scores = thr = None
         fail = ""
@@ -300,6 +313,10 @@ class MicroBatcher:
                 results.append(FlowResult(key, reply, STATUS_ERROR, detail=msg, latency=lat))
                 continue
             n = int(s.n_selected[f])
+            if allowed[f]:
+                results.append(FlowResult(key, reply, STATUS_ALLOWLISTED, packets=n,
+                                          latency=lat))
+                continue
             if pos[f] < 0:
                 detail = "; ".join(f"{a}: {b}" for a, b in s.skipped_dict(f).items())
                 results.append(FlowResult(key, reply, STATUS_CODES[s.status[f]], packets=n,

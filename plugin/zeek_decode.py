@@ -80,7 +80,7 @@ def _fast(msg) -> tuple | None:
         orig = _vector(args[12], "boolean", (bool,))
         if not len(frames) == len(ts) == len(wl) == len(orig):
             return None
-        return v[0], v[1], v[6], v[7], frames, ts, wl, orig
+        return v[0], v[1], v[6], v[7], frames, ts, wl, orig, (v[2], v[3], v[4], v[5])
     except (KeyError, IndexError, TypeError, AttributeError):
         return None
 
@@ -101,7 +101,8 @@ def _thorough(raw: str | bytes) -> tuple:
     except zw.WireError as e:
         key, reply = head_of(raw) or (None, None)
         raise RequestError(e.kind, str(e), key, reply) from None
-    return r.uid, r.reply_topic, r.linktype, r.k, r.frames, r.ts, r.wire_len, r.is_orig
+    return (r.uid, r.reply_topic, r.linktype, r.k, r.frames, r.ts, r.wire_len, r.is_orig,
+            (r.orig_h, r.orig_p, r.resp_h, r.resp_p))
 
 
 def _b64(frames: list[str]) -> list[bytes]:
@@ -121,6 +122,7 @@ def decode_flow_requests(raws: list) -> RequestBatch:
     wl_all: list = []
     orig_all: list = []
     errors: list[tuple[int, RequestError]] = []
+    ids: list[tuple[str, str, str, str]] = []
     for i, raw in enumerate(raws):
         try:
             msg = _loads(raw)
@@ -140,8 +142,9 @@ def decode_flow_requests(raws: list) -> RequestBatch:
                 errors.append((i, e))
                 continue
             data = vals[4]
-        uid, reply, lt, k, _, ts, wl, orig = vals
+        uid, reply, lt, k, _, ts, wl, orig, conn_id = vals
         keys.append(uid)
+        ids.append(conn_id)
         replies.append(reply)
         items.append(i)
         ks.append(k)
@@ -168,7 +171,7 @@ def decode_flow_requests(raws: list) -> RequestBatch:
                         frame_len=lens, linktype=linktype,
                         ts=np.array(ts_all, np.float64), wire_len=wire_len,
                         is_orig=np.array(orig_all, np.bool_), flow_start=flow_start,
-                        errors=errors)
+                        errors=errors, ids=ids)
 
 
 def _overflow(raw) -> RequestBatch:

@@ -39,7 +39,8 @@ class ServeApp:
 
     def __init__(self, scorer: Scorer, url: str, topics: list[str], max_batch: int = 256,
                  max_wait: float = 0.005, queue_size: int = 8192, ssl_context=None,
-                 metrics_port: int | None = None, app_name: str = "semiflow"):
+                 metrics_port: int | None = None, app_name: str = "semiflow",
+                 allow=None):
         from semiflow.plugin.zeek_ws import ZeekClient
 
         self.scorer = scorer
@@ -49,7 +50,7 @@ class ServeApp:
                                  app_name=app_name)
         self.batcher = MicroBatcher(scorer, decode_requests, self._on_results,
                                     max_batch=max_batch, max_wait=max_wait,
-                                    queue_size=queue_size, stats=self.stats)
+                                    queue_size=queue_size, stats=self.stats, allow=allow)
         self.metrics = None
         if metrics_port is not None:
             from semiflow.plugin.metrics import MetricsServer, render
@@ -186,8 +187,51 @@ def register(sub) -> None:
                    help="do not verify Zeek's certificate (testing only)")
     p.add_argument("--app-name", default="semiflow", help="X-Application-Name header")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--allowlist", metavar="FILE",
+                   help="analysts' allow-list (semiflow feedback); re-read when it changes. "
+                        "Zeek applies the same file at the sensor; this covers the gap")
     p.add_argument("--scorer-addr", help=argparse.SUPPRESS)  # decode-worker mode
     p.set_defaults(func=run)
+
+
+def _port(p: str) -> int:
+    try:
+        return zw.port_number(p) if p else -1
+    except zw.WireError:
+        return -1
+
+
+def _allow_hook(path: str | None):
+    """allow(batch) -> bool[m] from the allow-list file, re-read when its mtime changes."""
+    if not path:
+        return None
+    import numpy as np
+    import pandas as pd
+
+    from semiflow.plugin.allowlist import allowlisted, read_allowlist
+
+    state = {"mtime": None, "rules": []}
+
+    def allow(batch: RequestBatch):
+        try:
+            mtime = os.stat(path).st_mtime_ns
+        except OSError:
+            mtime = None  # removed: no rules until it is back
+        if mtime != state["mtime"]:
+            state["rules"] = read_allowlist(path) if mtime is not None else []
+            state["mtime"] = mtime
+            log.info("allow-list %s: %d rule(s)", path, len(state["rules"]))
+        if not state["rules"]:
+            return np.zeros(len(batch.keys), bool)
+        ids = [i or ("", "", "", "") for i in batch.ids] or [("", "", "", "")] * len(batch.keys)
+        flows = pd.DataFrame({
+            "uid": batch.keys, "id.orig_h": [i[0] for i in ids],
+            "id.resp_h": [i[2] for i in ids],
+            "id.resp_p": [_port(i[3]) for i in ids],
+            "proto": [i[3].partition("/")[2] if i[3] else "" for i in ids]})
+        return allowlisted(flows, state["rules"])[0]
+
+    return allow
 
 
 def run(args: argparse.Namespace, scorer: Scorer | None = None) -> int:
@@ -217,7 +261,7 @@ def run(args: argparse.Namespace, scorer: Scorer | None = None) -> int:
     app = ServeApp(scorer, args.zeek, topics, max_batch=args.max_batch,
                    max_wait=args.max_wait_ms / 1000.0, queue_size=args.queue,
                    ssl_context=ssl_context, metrics_port=args.metrics_port,
-                   app_name=args.app_name)
+                   app_name=args.app_name, allow=_allow_hook(args.allowlist))
     log.info("model %s %s (K=%d L=%d, threshold %.4g); topics %s", scorer.model_name,
              scorer.model_version, scorer.spec.k, scorer.spec.l, scorer.threshold, topics)
     if app.metrics is not None:

@@ -23,7 +23,7 @@ from semiflow.detector.serving_zmq import ScorerServer
 log = logging.getLogger("semiflow.serve")
 
 _FORWARD = ("zeek", "model", "topic_prefix", "max_batch", "max_wait_ms", "queue", "tls_ca",
-            "tls_cert", "tls_key", "threads")
+            "tls_cert", "tls_key", "threads", "allowlist")
 
 
 def worker_command(args: argparse.Namespace, addr: str, shard: str, i: int) -> list[str]:

@@ -107,9 +107,9 @@ def test_fast_decode_equals_thorough(requests):
     b = decode_flow_requests(texts)
     assert not b.errors and b.items == list(range(len(texts)))
     for i, t in enumerate(texts):
-        uid, reply, lt, k, frames, ts, wl, orig = _thorough(t)
+        uid, reply, lt, k, frames, ts, wl, orig, conn_id = _thorough(t)
         s, e = b.flow_start[i], b.flow_start[i + 1]
-        assert (b.keys[i], b.replies[i], b.ks[i]) == (uid, reply, k)
+        assert (b.keys[i], b.replies[i], b.ks[i], b.ids[i]) == (uid, reply, k, conn_id)
         assert [bytes(b.blob[o:o + n]) for o, n in zip(b.frame_off[s:e], b.frame_len[s:e])] \
             == frames
         assert list(b.ts[s:e]) == ts and list(b.wire_len[s:e]) == wl
@@ -219,3 +219,35 @@ def test_zmq_scorer_merges_batches_and_answers_each(tmp_path):
         stop.set()
         t.join(10)
         server.close()
+
+
+def test_allowlisted_flows_are_answered_without_scoring(requests, tmp_path):
+    from semiflow.cli_serve import _allow_hook
+    from semiflow.detector.serving import STATUS_ALLOWLISTED, MicroBatcher
+    from semiflow.plugin.allowlist import AllowRule, add_rules
+
+    texts = [zeek_json(e.message()) for e in requests[:40]]
+    batch = decode_flow_requests(texts)
+    assert len(batch.ids) == len(batch.keys) and batch.ids[0][0]
+    uid0 = batch.keys[0]
+    host = batch.ids[1][2]  # a responder of another flow
+    path = tmp_path / "allow.tsv"
+    add_rules(path, [AllowRule(uid=uid0, reason="test"), AllowRule(host=host, reason="test")])
+    scorer = TrivialScorer(SPEC)
+    calls = []
+    real = scorer.score_flows
+    scorer.score_flows = lambda s, n: calls.append(len(n)) or real(s, n)
+    results = []
+    mb = MicroBatcher(scorer, decode_flow_requests, results.extend, max_batch=64,
+                      allow=_allow_hook(str(path)))
+    calls.clear()  # the batcher's warm-up call
+    try:
+        out = mb.process([(t, 0.0) for t in texts])
+    finally:
+        mb.close()
+    by = {r.key: r for r in out}
+    assert by[uid0].status == STATUS_ALLOWLISTED and not by[uid0].anomalous
+    hits = {k for k, i in zip(batch.keys, batch.ids) if host in (i[0], i[2])}
+    assert all(by[k].status == STATUS_ALLOWLISTED for k in hits)
+    assert sum(r.status == STATUS_ALLOWLISTED for r in out) == len(hits | {uid0})
+    assert sum(calls) == sum(r.status == "ok" for r in out)  # only the others were scored

@@ -80,6 +80,20 @@ def test_anomalies_score_higher_than_held_out_normal(trained):
     assert "anomaly_report" in prov["metrics"]
 
 
+def test_train_with_flow_nll_score(trained, tmp_path):
+    tmp, _, _ = trained
+    rc = cli_main(["train", str(tmp / "normal.flows"), "-o", str(tmp_path / "m"), "--epochs",
+                   "1", "--device", "cpu", "--seed", "1", "--max-flows-per-file", "5",
+                   "--score", "flow-nll", "-q"])
+    assert rc == 0
+    meta = json.loads((tmp_path / "m" / "semiflow-model.json").read_text())
+    assert meta["score"] == "flow-nll"
+    scorer = load_scorer(tmp_path / "m", device="cpu")
+    scores = _flow_scores(scorer, tmp / "normal.flows")
+    assert len(scores) and np.isfinite(scores).all()
+    assert scorer.threshold == pytest.approx(meta["threshold"]["value"])
+
+
 @pytest.mark.parametrize("as_json", [False, True])
 def test_score_writes_zeek_logs(trained, tmp_path, capsys, as_json):
     tmp, normal, anomalous = trained

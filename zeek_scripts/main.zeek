@@ -75,7 +75,7 @@ export {
 		ts: time &log;
 		uid: string &log;
 		id: conn_id &log;
-		## ok | no_payload | unparsed | error | shed | timeout | unsampled
+		## ok | no_payload | unparsed | error | shed | timeout | unsampled | allowlisted
 		status: string &log;
 		score: double &log &optional;
 		threshold: double &log &optional;
@@ -110,7 +110,7 @@ export {
 
 	## Detector -> Zeek: the verdict for one flow (docs/wire-format.md).
 	##
-	## status: ok | no_payload | unparsed | error | shed; score/threshold are
+	## status: ok | no_payload | unparsed | error | shed | allowlisted; score/threshold are
 	## meaningful for status ok only (0.0 otherwise; JSON has no NaN).
 	global verdict: event(uid: string, status: string, score: double,
 	                      threshold: double, anomalous: bool, packets: count,
