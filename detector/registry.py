@@ -12,6 +12,7 @@ from typing import Any
 
 DETECTORS: dict[str, str] = {
     "semiflow": "semiflow.detector.semiflow:SemiFlowDetector",
+    "semiflow-nll": "semiflow.detector.semiflow_nll:SemiFlowNLLDetector",
     "iforest": "semiflow.detector.baselines:IsolationForestDetector",
     "ocsvm": "semiflow.detector.baselines:OneClassSVMDetector",
     "pca": "semiflow.detector.baselines:PCAReconstructionDetector",

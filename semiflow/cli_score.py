@@ -119,7 +119,7 @@ def score_captures(captures: list[str], model_dir: str | Path, out_dir: str | Pa
                 (heapq.heappush if len(top) < 5 else heapq.heappushpop)(top, item)
                 if verdicts[i] == "anomalous":
                     notice.write(_notice(rec, latency, used, _explain_sub(
-                        scorer, store, i, used) if explain else None))
+                        scorer, store, i, used) if explain else None, scorer.score_kind))
                     res.flagged.append({**rec, "source_file": f.source_file})
     res.flagged.sort(key=lambda r: -r["score"])
     res.top = [r for _, _, r in sorted(top, key=lambda t: -t[0])]
@@ -141,12 +141,13 @@ def _explain_sub(scorer, store, i: int, used: int) -> str:
     return explain_flow(scorer, store.samples[i], used, steps=16).summary()
 
 
-def _notice(rec: dict, latency: float | None, used: int, sub: str | None = None) -> dict:
+def _notice(rec: dict, latency: float | None, used: int, sub: str | None = None,
+            kind: str = "log-odds") -> dict:
     return {"ts": rec["ts"] + (latency or 0.0), "uid": rec["uid"],
             "id.orig_h": rec["id.orig_h"], "id.orig_p": rec["id.orig_p"],
             "id.resp_h": rec["id.resp_h"], "id.resp_p": rec["id.resp_p"],
             "proto": rec["proto"], "note": NOTE,
-            "msg": f"SemiFlow anomaly score (log-odds) {rec['score']:.4f} above threshold "
+            "msg": f"SemiFlow anomaly score ({kind}) {rec['score']:.4f} above threshold "
                    f"{rec['threshold']:.4f} ({used} packets)",
             "sub": sub or f"model={rec['model']} version={rec['model_version']}",
             "src": rec["id.orig_h"], "dst": rec["id.resp_h"], "p": rec["id.resp_p"],

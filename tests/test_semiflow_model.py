@@ -17,6 +17,7 @@ from semiflow.detector.semiflow_model import (
     SemiFlowConfig,
     count_parameters,
 )
+from semiflow.detector.semiflow_nll import SemiFlowNLLDetector
 
 torch.set_num_threads(1)
 
@@ -126,6 +127,8 @@ def test_flow_nll_score_option():
         z, logdet = b.flow_(b._latent(torch.from_numpy(test)).flatten(1))
         nll = float(Flow.nll(z, logdet))
     assert abs(s.mean() + 0.5 * np.log(2 * np.pi) - nll) < 1e-4
+    c = SemiFlowNLLDetector(TINY, epochs=1, random_state=5).fit(X, Xv)   # the same, by class
+    np.testing.assert_array_equal(c.anomaly_score(test), s)
     np.testing.assert_array_equal(a.anomaly_probability(test), b.anomaly_probability(test))
     with pytest.raises(ValueError, match="unknown score"):
         SemiFlowDetector(TINY, score="radius").fit(X, Xv)
