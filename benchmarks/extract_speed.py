@@ -44,8 +44,10 @@ import dpkt
 n = 0
 with open(CAP, "rb") as f:
     for ts, buf in dpkt.pcap.Reader(f):
-        eth = dpkt.ethernet.Ethernet(buf)
-        ip = eth.data
+        try:
+            ip = dpkt.ethernet.Ethernet(buf).data
+        except (dpkt.NeedData, dpkt.UnpackError):
+            pass
         n += 1
 RESULT = {"packets": n}
 """,

@@ -340,13 +340,15 @@ def _zero(row, a, b):
 
 
 @njit(cache=True)
-def write_sample_row(buf, info, row, mask):
+def write_sample_row(buf, info, row, mask, clear_tail=True):
     """Lay one parsed packet out at fixed offsets into row (uint8[L]) and apply the mask.
 
     Returns the row's extent: bytes past it are zero padding (lets storage skip them).
+    With clear_tail=False the bytes past the extent are left as they were: for callers that
+    read rows only up to their extent (the capture loop's reused row pool).
     """
     L = row.shape[0]
-    for i in range(L):
+    for i in range(min(L, PAYLOAD_OFFSET)):
         row[i] = 0
     l3 = info[F_L3OFF]
     l4 = info[F_L4OFF]
@@ -391,6 +393,8 @@ def write_sample_row(buf, info, row, mask):
             _zero(row, IP_REGION + 2, IP_REGION + 4)
     if mask & MASK_PORTS and (proto == PROTO_TCP or proto == PROTO_UDP):
         _zero(row, IP_REGION, IP_REGION + 4)
-    if n_pay > 0:
-        return PAYLOAD_OFFSET + n_pay
-    return min(L, IP_REGION + min(thl, TRANSPORT_REGION))
+    ext = PAYLOAD_OFFSET + n_pay if n_pay > 0 else min(L, IP_REGION + min(thl, TRANSPORT_REGION))
+    if clear_tail:
+        for i in range(max(ext, PAYLOAD_OFFSET), L):
+            row[i] = 0
+    return ext

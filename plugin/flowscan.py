@@ -73,8 +73,10 @@ def _emit(s, ints, tss, sel, sdir, spts, splen, sext, pool, pool_free, slot_free
     kk = sel.shape[1]
     for k in range(kk):
         if k < n:
+            # Only the row's extent is ever read back (pack_rows); the rest is padding.
             p = sel[s, k]
-            odata[m, k, :] = pool[p]
+            e = sext[s, k]
+            odata[m, k, :e] = pool[p, :e]
             odir[m, k] = sdir[s, k]
             opts[m, k] = spts[s, k]
             oplen[m, k] = splen[s, k]
@@ -82,7 +84,6 @@ def _emit(s, ints, tss, sel, sdir, spts, splen, sext, pool, pool_free, slot_free
             pool_free[st[S_POOL_TOP]] = p
             st[S_POOL_TOP] += 1
         else:
-            odata[m, k, :] = 0
             odir[m, k] = -1
             opts[m, k] = 0.0
             oplen[m, k] = 0
@@ -213,7 +214,7 @@ def _packet(buf, a, b, linktype, ts, wlen, info, ints, tss, sel, sdir, spts, spl
     if n < cfg[C_K] and (cfg[C_SELECT] == 1 or pay > 0):
         st[S_POOL_TOP] -= 1
         p = pool_free[st[S_POOL_TOP]]
-        sext[s, n] = fr.write_sample_row(buf, info, pool[p], cfg[C_MASK])
+        sext[s, n] = fr.write_sample_row(buf, info, pool[p], cfg[C_MASK], False)
         sel[s, n] = p
         sdir[s, n] = 0 if is_orig else 1
         spts[s, n] = ts
