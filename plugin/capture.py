@@ -152,12 +152,7 @@ class FlowTable:
             b = np.zeros((new,) + a.shape[1:], a.dtype)
             b[:old] = a
             setattr(self, name, b)
-        free = np.zeros(new, np.int64)
-        top = self.st[fs.S_SLOT_TOP]
-        free[:top] = self.slot_free[:top]
-        free[top:top + new - old] = np.arange(new - 1, old - 1, -1)
-        self.slot_free = free
-        self.st[fs.S_SLOT_TOP] = top + new - old
+        self.slot_free = self._grow_free(self.slot_free, fs.S_SLOT_TOP, old, new)
 
     def grow_pool(self) -> None:
         old = self.pool.shape[0]
@@ -165,12 +160,16 @@ class FlowTable:
         pool = np.zeros((new, self.pool.shape[1]), np.uint8)
         pool[:old] = self.pool
         self.pool = pool
-        free = np.zeros(new, np.int64)
-        top = self.st[fs.S_POOL_TOP]
-        free[:top] = self.pool_free[:top]
-        free[top:top + new - old] = np.arange(new - 1, old - 1, -1)
-        self.pool_free = free
-        self.st[fs.S_POOL_TOP] = top + new - old
+        self.pool_free = self._grow_free(self.pool_free, fs.S_POOL_TOP, old, new)
+
+    def _grow_free(self, free: np.ndarray, top_field: int, old: int, new: int) -> np.ndarray:
+        """A free-index stack for new entries: the old free ones, then old..new-1."""
+        top = int(self.st[top_field])
+        out = np.zeros(new, np.int64)
+        out[:top] = free[:top]
+        out[top:top + new - old] = np.arange(new - 1, old - 1, -1)
+        self.st[top_field] = top + new - old
+        return out
 
     def take_output(self) -> FlowBatch | None:
         m = int(self.st[fs.S_NOUT])

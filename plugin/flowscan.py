@@ -113,6 +113,20 @@ def _sweep(now, final, ints, tss, sel, sdir, spts, splen, sext, pool, pool_free,
 
 
 @njit(cache=True)
+def _timed_sweep(ints, tss, sel, sdir, spts, splen, sext, pool, pool_free, slot_free, keys,
+                 oints, otss, odata, odir, opts, oplen, oext, st, fst, tmo):
+    """Expire idle flows once per T_SWEEP of capture time; False if the output filled up."""
+    if fst[FS_NOW] - fst[FS_LAST_SWEEP] < tmo[T_SWEEP]:
+        return True
+    if not _sweep(fst[FS_NOW], False, ints, tss, sel, sdir, spts, splen, sext, pool,
+                  pool_free, slot_free, keys, oints, otss, odata, odir, opts, oplen, oext, st,
+                  tmo):
+        return False
+    fst[FS_LAST_SWEEP] = fst[FS_NOW]
+    return True
+
+
+@njit(cache=True)
 def _packet(buf, a, b, linktype, ts, wlen, info, ints, tss, sel, sdir, spts, splen, sext, pool,
             pool_free, slot_free, keys, oints, otss, odata, odir, opts, oplen, oext, st, fst, cfg,
             tmo, skips):
@@ -259,13 +273,11 @@ def scan_pcap(buf, n, final, info, ints, tss, sel, sdir, spts, splen, sext, pool
     linktype = st[S_LINKTYPE]
     pos = st[S_POS]
     while True:
-        if fst[FS_NOW] - fst[FS_LAST_SWEEP] >= tmo[T_SWEEP]:
-            if not _sweep(fst[FS_NOW], False, ints, tss, sel, sdir, spts, splen, sext, pool,
-                          pool_free, slot_free, keys, oints, otss, odata, odir, opts, oplen, oext,
-                          st, tmo):
-                st[S_POS] = pos
-                return R_OUT_FULL
-            fst[FS_LAST_SWEEP] = fst[FS_NOW]
+        if not _timed_sweep(ints, tss, sel, sdir, spts, splen, sext, pool, pool_free,
+                            slot_free, keys, oints, otss, odata, odir, opts, oplen, oext, st,
+                            fst, tmo):
+            st[S_POS] = pos
+            return R_OUT_FULL
         if pos + 16 > n:
             break
         code = _room(ints, pool, oints, st)
@@ -298,13 +310,11 @@ def scan_pcapng(buf, n, final, info, if_link, if_res, ints, tss, sel, sdir, spts
     """Walk pcapng blocks in buf[st[S_POS]:n]: SHB, IDB, EPB, SPB and the obsolete PB."""
     pos = st[S_POS]
     while True:
-        if fst[FS_NOW] - fst[FS_LAST_SWEEP] >= tmo[T_SWEEP]:
-            if not _sweep(fst[FS_NOW], False, ints, tss, sel, sdir, spts, splen, sext, pool,
-                          pool_free, slot_free, keys, oints, otss, odata, odir, opts, oplen, oext,
-                          st, tmo):
-                st[S_POS] = pos
-                return R_OUT_FULL
-            fst[FS_LAST_SWEEP] = fst[FS_NOW]
+        if not _timed_sweep(ints, tss, sel, sdir, spts, splen, sext, pool, pool_free,
+                            slot_free, keys, oints, otss, odata, odir, opts, oplen, oext, st,
+                            fst, tmo):
+            st[S_POS] = pos
+            return R_OUT_FULL
         if pos + 12 > n:
             break
         code = _room(ints, pool, oints, st)
