@@ -25,7 +25,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CORPUS = ROOT.parent / "shared" / "corpus"
-ALL = "semiflow,iforest,ocsvm,pca,kde,ae,ganomaly1d"
+ALL = "semiflow,semiflow-nll,iforest,ocsvm,pca,kde,ae,ganomaly1d"
 
 
 def log(msg: str) -> None:
@@ -60,8 +60,9 @@ def accuracy(args: argparse.Namespace, extract_dir: str) -> dict:
     names = [n.strip() for n in args.detectors.split(",") if n.strip()]
     length = args.bytes or data.stores[0].spec.l
     deep = {"epochs": args.epochs, "device": args.device}
-    params = {"semiflow": {**deep, "config": SemiFlowConfig.small(length=length)},
-              "ae": dict(deep), "ganomaly1d": dict(deep)}
+    sf = {**deep, "config": SemiFlowConfig.small(length=length)}
+    params = {"semiflow": sf, "semiflow-nll": dict(sf), "ae": dict(deep),
+              "ganomaly1d": dict(deep)}
     benches = BENCHMARKS if args.benchmarks == "all" else args.benchmarks.split(",")
     records = []
     t0 = time.perf_counter()

@@ -12,8 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-DEFAULT_DETECTORS = "semiflow,iforest,ocsvm,pca,kde,ae,ganomaly1d"
-DEEP = ("semiflow", "ae", "ganomaly1d")
+DEFAULT_DETECTORS = "semiflow,semiflow-nll,iforest,ocsvm,pca,kde,ae,ganomaly1d"
+DEEP = ("semiflow", "semiflow-nll", "ae", "ganomaly1d")
 
 
 def _ints(text: str) -> list[int]:
@@ -69,9 +69,10 @@ def detector_params(args: argparse.Namespace, names: list[str]) -> dict[str, dic
             params[n]["epochs"] = args.epochs
         if n in DEEP and args.device:
             params[n]["device"] = args.device
-    if args.bytes and "semiflow" in names:
-        from semiflow.detector.semiflow_model import SemiFlowConfig
-        params["semiflow"]["config"] = SemiFlowConfig.small(length=args.bytes)
+    for n in ("semiflow", "semiflow-nll"):
+        if args.bytes and n in names:
+            from semiflow.detector.semiflow_model import SemiFlowConfig
+            params[n]["config"] = SemiFlowConfig.small(length=args.bytes)
     for item in args.param:
         key, sep, value = item.partition("=")
         det, dot, name = key.partition(".")
