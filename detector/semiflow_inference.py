@@ -38,13 +38,12 @@ def packet_scores(encoder: Encoder, classifier: Classifier, X: np.ndarray,
     """
     encoder.eval()
     classifier.eval()
-    X = np.ascontiguousarray(X, dtype=np.uint8)
-    out = np.empty(len(X), np.float64)
-    for i in range(0, len(X), batch_size):
-        xb = torch.from_numpy(X[i:i + batch_size]).to(device)
+
+    def margin(xb: torch.Tensor) -> torch.Tensor:
         logits = classifier(encoder(as_float(xb))).double()
-        out[i:i + len(xb)] = (logits[:, 1] - logits[:, 0]).cpu().numpy()
-    return out
+        return logits[:, 1] - logits[:, 0]
+
+    return _batched(X, device, batch_size, margin)
 
 
 @torch.no_grad()
@@ -57,13 +56,22 @@ def flow_nll_scores(encoder: Encoder, flow: torch.nn.Module, X: np.ndarray,
     """
     encoder.eval()
     flow.eval()
+
+    def nll(xb: torch.Tensor) -> torch.Tensor:
+        z, logdet = flow(encoder(as_float(xb)).float().flatten(1))
+        z = z.double()
+        return (0.5 * (z * z).sum(1) - logdet.double()) / z.shape[1]
+
+    return _batched(X, device, batch_size, nll)
+
+
+def _batched(X: np.ndarray, device: torch.device, batch_size: int, fn) -> np.ndarray:
+    """fn over uint8 packet rows in batches on device -> float64[n] on the host."""
     X = np.ascontiguousarray(X, dtype=np.uint8)
     out = np.empty(len(X), np.float64)
     for i in range(0, len(X), batch_size):
         xb = torch.from_numpy(X[i:i + batch_size]).to(device)
-        z, logdet = flow(encoder(as_float(xb)).float().flatten(1))
-        z = z.double()
-        out[i:i + len(xb)] = ((0.5 * (z * z).sum(1) - logdet.double()) / z.shape[1]).cpu().numpy()
+        out[i:i + len(xb)] = fn(xb).cpu().numpy()
     return out
 
 

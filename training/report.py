@@ -128,13 +128,20 @@ def _dates(x):
     return pd.to_datetime(np.asarray(x), unit="s", utc=True).tz_localize(None)
 
 
-def fig_timeline(d: ReportData) -> str | None:
+def _time_figure(d: ReportData):
+    """(semiflow rows, time bins, figure, axes) for a plot over time, or None without data."""
     s = d.semiflow
     if not len(s) or "ts" not in s:
         return None
-    plt = _plt()
-    bins = _time_bins(s["ts"])
-    fig, ax = plt.subplots(figsize=(7, 2.8))
+    fig, ax = _plt().subplots(figsize=(7, 2.8))
+    return s, _time_bins(s["ts"]), fig, ax
+
+
+def fig_timeline(d: ReportData) -> str | None:
+    t = _time_figure(d)
+    if t is None:
+        return None
+    s, bins, fig, ax = t
     fl = d.flagged["ts"].to_numpy(float)
     h_all, _ = np.histogram(s["ts"].to_numpy(float), bins)
     h_fl, _ = np.histogram(fl, bins)
@@ -173,12 +180,10 @@ def fig_scores(d: ReportData) -> str | None:
 
 
 def fig_coverage(d: ReportData) -> str | None:
-    s = d.semiflow
-    if not len(s) or "ts" not in s:
+    t = _time_figure(d)
+    if t is None:
         return None
-    plt = _plt()
-    bins = _time_bins(s["ts"])
-    fig, ax = plt.subplots(figsize=(7, 2.8))
+    s, bins, fig, ax = t
     bottom = np.zeros(len(bins) - 1)
     centers, width = _dates((bins[:-1] + bins[1:]) / 2), (bins[1] - bins[0]) / 86400
     for cat, color in _COVER_COLORS.items():
