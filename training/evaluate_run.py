@@ -3,6 +3,8 @@
 For every split: fit each detector on the normal TRAINING flows' packets, calibrate the flag
 threshold on the normal VALIDATION flows at a target FPR (or take a stored one), score the
 test flows (packet scores -> flow scores) and compute the metrics of training.evaluate.
+Flow-level detectors (class attribute level = "flow", e.g. knn) fit and score flow samples
+X[n_flows, K, L] instead; flows without a selected packet stay unscored for them too.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from semiflow.detector.aggregate import aggregate_flow_scores
-from semiflow.detector.registry import EMBEDDERS, make_detector
+from semiflow.detector.registry import EMBEDDERS, detector_class, make_detector
 
 from .evaluate import (
     FlowData,
@@ -29,9 +31,49 @@ from .evaluate import (
 SUMMARY_METRICS = ("auroc", "auprc", "tpr@0.001", "tpr@0.01", "f1")
 
 
+def is_flow_level(detector: Any) -> bool:
+    """True for detectors (classes or instances) that score flow samples, not packet rows."""
+    return getattr(detector, "level", "packet") == "flow"
+
+
+def flow_samples(data: FlowData, idx: np.ndarray, k: int | None = None, l: int | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, int]:
+    """(uint8[len(idx), k, l] samples of the flows at positions idx, bool mask of flows with a
+    selected packet, packets among their first k). Read in chunks, cut to k x l as they come,
+    so memory is len(idx) * k * l bytes, not the full K x L."""
+    idx = np.asarray(idx, dtype=np.int64)
+    K, L = data.stores[0].samples.shape[1:]
+    k, l = min(k or K, K), min(l or L, L)
+    X = np.zeros((len(idx), k, l), np.uint8)
+    has = np.zeros(len(idx), bool)
+    n_pk = 0
+    sub = data.flows.iloc[idx]
+    for s, store in enumerate(data.stores):
+        mine = np.flatnonzero(sub["_store"].to_numpy() == s)
+        rows = sub["_row"].to_numpy()[mine]
+        for a in range(0, len(mine), 2048):
+            X[mine[a:a + 2048]] = store.samples.rows(rows[a:a + 2048])[:, :k, :l]
+        filled = np.asarray(store.samples.offs[rows, :k]) >= 0
+        has[mine] = filled.any(1)
+        n_pk += int(filled.sum())
+    return X, has, n_pk
+
+
+def _flow_level_scores(detector: Any, data: FlowData, idx: np.ndarray,
+                       n_bytes: int | None) -> tuple[np.ndarray, int]:
+    l = min(v for v in (n_bytes, getattr(detector, "n_bytes", None), 1 << 30) if v)
+    X, has, n_pk = flow_samples(data, idx, getattr(detector, "n_packets", None), l)
+    out = np.full(len(idx), np.nan)
+    if has.any():
+        out[has] = detector.anomaly_score(X[has])
+    return out, n_pk
+
+
 def flow_scores(detector: Any, data: FlowData, idx: np.ndarray, how: str = "max",
                 n_bytes: int | None = None) -> tuple[np.ndarray, int]:
     """(score per flow at positions idx, NaN = unscored; packets scored)."""
+    if is_flow_level(detector):
+        return _flow_level_scores(detector, data, idx, n_bytes)
     X, pos = data.packets(idx)
     if n_bytes:
         X = np.ascontiguousarray(X[:, :n_bytes])
@@ -55,7 +97,8 @@ def evaluate_split(data: FlowData, split: Split, names: list[str],
     params = params or {}
     fitted = fitted or {}
     X_tr = X_va = None
-    if any(n not in fitted for n in names):
+    tr_pk = 0
+    if any(n not in fitted and not is_flow_level(detector_class(n)) for n in names):
         X_tr, _ = data.packets(split.train)
         X_va, _ = data.packets(split.val)
         if n_bytes:
@@ -80,7 +123,16 @@ def evaluate_split(data: FlowData, split: Split, names: list[str],
                 p["features"] = "encoder" if emb_name else "raw"
                 p["embedder"] = done.get(emb_name)
             det = make_detector(name, seed=split.seed, **p)
-            det.fit(X_tr, X_va)
+            if is_flow_level(det):
+                l = min(v for v in (n_bytes, getattr(det, "n_bytes", None), 1 << 30) if v)
+                k = getattr(det, "n_packets", None)
+                F_tr, has_tr, tr_pk = flow_samples(data, split.train, k, l)
+                F_va, has_va, _ = flow_samples(data, split.val, k, l)
+                if not has_tr.any():
+                    raise ValueError(f"{split.benchmark}/{split.fold}: no training flows")
+                det.fit(F_tr[has_tr], F_va[has_va])
+            else:
+                det.fit(X_tr, X_va)
             fit_s = time.perf_counter() - t0
         done[name] = det
         t1 = time.perf_counter()
@@ -101,7 +153,7 @@ def evaluate_split(data: FlowData, split: Split, names: list[str],
             "detector": name, "params": {k: v for k, v in p.items() if k != "embedder"},
             "train_flows": int(len(split.train)), "val_flows": int(len(split.val)),
             "test_flows": int(len(split.test)),
-            "train_packets": 0 if X_tr is None else int(len(X_tr)),
+            "train_packets": int(tr_pk) if X_tr is None else int(len(X_tr)),
             "fit_seconds": round(fit_s, 3), "score_seconds": round(score_s, 3),
             "test_packets": n_pk,
             "unscored": {"normal": int((~ok & (y == 0)).sum()),
