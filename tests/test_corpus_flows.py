@@ -7,7 +7,7 @@ import warnings
 
 import pandas as pd
 import pytest
-from dpkt_reference import reference_flows
+from lab.flowtable import reference_flows  # benchmarks/ is on pytest's pythonpath
 
 from semiflow.detector.spec import FlowSampleSpec
 from semiflow.plugin.flowstore import FlowStore

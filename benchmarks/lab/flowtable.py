@@ -1,7 +1,9 @@
-"""An independent, slow, pure-Python reference of the flow rules, built on dpkt.
+"""An independent, slow, pure-Python flow table built on dpkt (Zeek-like flow rules).
 
-Used only by tests: it shares no code with plugin/flowscan.py, so agreement on the whole
-corpus is evidence that the compiled loop implements the documented rules.
+Two users: the traffic lab labels the flows of its captures with it (it never imports the
+detector), and the tests hold plugin/flowscan.py against it: it shares no code with the
+compiled loop, so agreement on the whole corpus is evidence that both implement the
+documented rules (docs/flow-sample-spec.md).
 """
 
 from __future__ import annotations
@@ -46,6 +48,12 @@ def _ip_of(buf: bytes, linktype: int):
 
 def reference_flows(path) -> list[tuple]:
     """(orig, resp, proto, packets) of every flow, in no particular order."""
+    return [(f["orig"], f["resp"], f["proto"], f["n"]) for f in flow_records(path)]
+
+
+def flow_records(path) -> list[dict]:
+    """Every flow as a dict: orig/resp (address bytes, port), proto, n (packets), first/last
+    (timestamps), orig_ip_bytes/resp_ip_bytes (IP lengths by direction); in no particular order."""
     fh, rd = _reader(path)
     live: dict = {}
     done: list = []
@@ -59,7 +67,7 @@ def reference_flows(path) -> list[tuple]:
                 for k in [k for k, s in live.items()
                           if now - s["last"] > (CLOSE_DELAY if s["closed"] else TIMEOUT[k[2]])]:
                     s = live.pop(k)
-                    done.append((s["orig"], s["resp"], k[2], s["n"]))
+                    done.append(_record(s, k[2]))
                 last_sweep = now
             now = max(now, ts)
             try:
@@ -105,15 +113,16 @@ def reference_flows(path) -> list[tuple]:
                 tmo = CLOSE_DELAY if closed else TIMEOUT[p]
                 syn_only = p == 6 and flags & 0x02 and not flags & 0x10
                 if ts - st["last"] > tmo or (closed and syn_only):
-                    done.append((st["orig"], st["resp"], p, st["n"]))
+                    done.append(_record(st, p))
                     st = None
             if st is None:
                 orig, resp = (b, a) if (p == 6 and flags & 0x12 == 0x12) else (a, b)
-                st = {"orig": orig, "resp": resp, "last": ts, "n": 0, "fin": set(),
-                      "closed": False}
+                st = {"orig": orig, "resp": resp, "first": ts, "last": ts, "n": 0,
+                      "fin": set(), "closed": False, "bytes": [0, 0]}
                 live[key] = st
             st["n"] += 1
             st["last"] = max(st["last"], ts)
+            st["bytes"][(src, sp) != st["orig"]] += len(ip)
             if p == 6:
                 side = (src, sp) == st["orig"]
                 if flags & 0x01:
@@ -124,5 +133,11 @@ def reference_flows(path) -> list[tuple]:
         pass
     finally:
         fh.close()
-    done.extend((st["orig"], st["resp"], k[2], st["n"]) for k, st in live.items())
+    done.extend(_record(st, k[2]) for k, st in live.items())
     return done
+
+
+def _record(st: dict, proto: int) -> dict:
+    return {"orig": st["orig"], "resp": st["resp"], "proto": proto, "n": st["n"],
+            "first": st["first"], "last": st["last"], "orig_ip_bytes": st["bytes"][0],
+            "resp_ip_bytes": st["bytes"][1]}

@@ -1,0 +1,149 @@
+"""Runs one lab scenario and writes its capture, labels, attack ledger, versions and seed.
+
+    python -m lab.run --scenario test-mixed --seed 2 --minutes 15 --clients 6 -o lab-out/test-mixed
+
+(run from benchmarks/, as root). Scenarios: train-benign (benign only), test-mixed (benign +
+every attack phase), ci (small: curl + dig benign, nmap + hydra attacks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import attacks, services
+from .benign import BenignTraffic
+from .label import label_capture
+from .topology import Topology
+
+SCENARIOS = ("train-benign", "test-mixed", "ci")
+CI_PHASES = ["nmap_syn_scan", "ssh_bruteforce"]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _on_signal(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run(scenario: str, out: Path, seed: int, minutes: float, clients: int,
+        phases: list[str] | None = None, log=print) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="sflab-"))
+    work.chmod(0o755)
+    n_clients = clients
+    topo = Topology(services.hosts(n_clients))
+    created_user = False
+    ledger: list[dict] = []
+    t0 = time.time()
+    info: dict = {"scenario": scenario, "seed": seed, "minutes": minutes, "clients": clients,
+                  "namespace_prefix": topo.prefix}
+    old = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        with topo:
+            created_user = services.ensure_user()
+            status = services.Services(topo, work, seed).start()
+            info["services"] = status
+            down = [k for k, v in status.items() if not v]
+            log(f"lab: {len(topo.hosts)} namespaces up; services down: {down or 'none'}")
+            pcap = out / "capture.pcap"
+            cap = topo.spawn("sw", ["tcpdump", "-i", "br0", "-s", "0", "-U", "-n", "-w",
+                                    str(pcap)], log=str(work / "logs" / "tcpdump.log"))
+            time.sleep(1.5)
+            client_names = [h for h, v in topo.hosts.items() if v.role == "client"
+                            and h != "chatty"]
+            chatty = "chatty" if scenario != "ci" else None
+            benign = BenignTraffic(topo, client_names, work, seed,
+                                   rate=0.5 if scenario == "ci" else 1.0, chatty=chatty,
+                                   actions=["browse", "dns"] if scenario == "ci" else None)
+            benign.start()
+            total = minutes * 60
+            if scenario == "train-benign":
+                benign.wait(total)
+            else:
+                small = scenario == "ci"
+                todo = phases or (CI_PHASES if small else list(attacks.phases(work)))
+                catalog = attacks.phases(work, small=small)
+                rng = random.Random(seed)
+                warm = min(20.0, total * 0.15)
+                benign.wait(warm)
+                for name in todo:
+                    log(f"lab: attack phase {name}")
+                    entry = attacks.run_phase(topo, catalog[name], work / "logs")
+                    ledger.append(entry)
+                    log(f"lab:   {entry['status']}" + (f" ({entry['reason']})"
+                                                       if "reason" in entry else ""))
+                    benign.wait(rng.uniform(5, 15) if small else rng.uniform(15, 40))
+                left = total - (time.time() - t0)
+                if left > 0:
+                    benign.wait(left)
+            benign.stop()
+            info["benign_actions"] = dict(benign.counts)
+            info["benign_failures"] = dict(benign.failures)
+            time.sleep(2.0)
+            os.kill(cap.pid, signal.SIGINT) if cap.poll() is None else None
+            cap.wait(timeout=10)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if created_user:
+            services.remove_user()
+    info["duration_s"] = round(time.time() - t0, 1)
+    attackers = {services.ip_of("attacker1"), services.ip_of("attacker2")}
+    counts = label_capture(out / "capture.pcap", ledger, attackers, out / "labels.conn.log")
+    info["flows"] = {f"{lab}/{fam}": n for (lab, fam), n in sorted(counts.items())}
+    info["capture_sha256"] = _sha256(out / "capture.pcap")
+    info["capture_bytes"] = (out / "capture.pcap").stat().st_size
+    (out / "ledger.json").write_text(json.dumps(ledger, indent=1))
+    (out / "versions.json").write_text(json.dumps(services.tool_versions(), indent=1))
+    (out / "run.json").write_text(json.dumps(info, indent=1))
+    # Server and tool logs travel with the run (small), the work dir does not.
+    logs = out / "logs"
+    logs.mkdir(exist_ok=True)
+    for f in (work / "logs").glob("*.log"):
+        (logs / f.name).write_bytes(f.read_bytes()[-200_000:])
+    import shutil
+    shutil.rmtree(work, ignore_errors=True)
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scenario", choices=SCENARIOS, required=True)
+    ap.add_argument("-o", "--out", required=True, type=Path)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--minutes", type=float, default=15.0)
+    ap.add_argument("--clients", type=int, default=6)
+    ap.add_argument("--phases", default=None,
+                    help="comma-separated attack phases (default: every family)")
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print("lab: must run as root (network namespaces)", file=sys.stderr)
+        return 2
+    phases = args.phases.split(",") if args.phases else None
+    try:
+        info = run(args.scenario, args.out, args.seed, args.minutes, args.clients, phases)
+    except KeyboardInterrupt as e:
+        print(f"lab: interrupted ({e}); namespaces torn down", file=sys.stderr)
+        return 130
+    print(json.dumps({k: info[k] for k in ("scenario", "seed", "duration_s", "flows",
+                                           "capture_sha256")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
