@@ -27,6 +27,7 @@ import numpy as np
 from numba import njit
 from scipy.cluster.hierarchy import linkage, to_tree
 from scipy.spatial.distance import squareform
+from scipy.special import expit
 
 from .kitsune_features import LAMBDAS, afterimage_features
 
@@ -162,8 +163,8 @@ class KitNET:
         lo, hi = self.lo_[a, :v], self.hi_[a, :v]
         Xn = (X - lo) / (hi - lo + _EPS)
         W = self.W_[a, :v, :h]
-        Y = 1.0 / (1.0 + np.exp(-(Xn @ W + self.hb_[a, :h])))
-        Z = 1.0 / (1.0 + np.exp(-(Y @ W.T + self.vb_[a, :v])))
+        Y = expit(Xn @ W + self.hb_[a, :h])
+        Z = expit(Y @ W.T + self.vb_[a, :v])
         return np.sqrt(((Xn - Z) ** 2).mean(1))
 
     def anomaly_score(self, F: np.ndarray) -> np.ndarray:
