@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # torch first: its pinned CPU wheel keeps pip from pulling the CUDA build (users bring their own).
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo test lint suricata chromium clean
+.PHONY: install demo test lint suricata chromium lab lab-packages clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m venv $(VENV)
@@ -34,7 +34,25 @@ chromium:
 	@bash ci/install-chromium.sh || \
 		echo "warning: could not install Chromium; the report browser test will be skipped"
 
-test: install lint suricata chromium
+# The traffic lab's Debian packages (servers, clients, attack tools) for its test and `make lab`.
+lab-packages:
+	@sh benchmarks/lab/install.sh || \
+		echo "warning: could not install the lab's packages; the lab test will be skipped"
+
+# Two lab runs (root, network namespaces): a benign-only training capture and a mixed test
+# capture with every attack family, different seeds. About 40 minutes on 2 cores.
+LAB_MINUTES ?= 15
+LAB_CLIENTS ?= 8
+LAB_OUT ?= lab-out
+lab: install
+	sh benchmarks/lab/install.sh
+	cd benchmarks && ../$(BIN)/python -m lab.run --scenario train-benign --seed 1 \
+		--minutes $(LAB_MINUTES) --clients $(LAB_CLIENTS) -o ../$(LAB_OUT)/train-benign
+	cd benchmarks && ../$(BIN)/python -m lab.run --scenario test-mixed --seed 2 \
+		--minutes $(LAB_MINUTES) --clients $(LAB_CLIENTS) -o ../$(LAB_OUT)/test-mixed
+	cd benchmarks && ../$(BIN)/python -m lab.summary ../$(LAB_OUT)/train-benign ../$(LAB_OUT)/test-mixed
+
+test: install lint suricata chromium lab-packages
 	$(BIN)/python -m pytest -q
 
 clean:

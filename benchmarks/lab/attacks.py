@@ -134,13 +134,12 @@ def run_phase(topo: Topology, p: Phase, log_dir: Path) -> dict:
             if any(d.poll() is not None for d in daemons):
                 break
             time.sleep(1.0)
-        else:
-            pass
         if topo.run(p.attacker, ["bash", "-c", p.ready], timeout=15).returncode != 0:
             _stop(daemons)
+            setup_log = log_dir / f"{p.family}-setup.log"
             entry.update(end=time.time(), status="not run",
-                         reason="setup never became ready (see "
-                                f"{p.family}-setup.log): " + _tail(log_dir / f"{p.family}-setup.log"))
+                         reason=f"setup never became ready ({setup_log.name}): "
+                                + _tail(setup_log))
             return entry
     try:
         r = topo.run(p.attacker, ["timeout", "-k", "5", str(int(p.timeout)), "bash", "-c",

@@ -91,17 +91,18 @@ def _scp(rng: random.Random, run: Path) -> str:
     if rng.random() < 0.5:
         return (f"sshpass -p {LAB_PASSWORD} scp {SSH_OPTS} {run}/www/files/file-{size}.bin "
                 f"{LAB_USER}@{FILES}:up-{rng.randrange(1000)}.bin")
-    batch = f"get notes-{rng.randrange(5)}.txt /dev/null\nls\n"
-    return (f"printf {shlex.quote(batch)} | sshpass -p {LAB_PASSWORD} sftp {SSH_OPTS} "
-            f"-b - {LAB_USER}@{FILES}")
+    batch = f"ls\nget notes-{rng.randrange(5)}.txt /dev/null\n"
+    # sftp -b turns password authentication off unless BatchMode is switched back off.
+    return (f"f=$(mktemp); printf {shlex.quote(batch)} > $f; sshpass -p {LAB_PASSWORD} sftp "
+            f"{SSH_OPTS} -o BatchMode=no -b $f {LAB_USER}@{FILES}; rc=$?; rm -f $f; exit $rc")
 
 
 def _ftp(rng: random.Random, run: Path) -> str:
     if rng.random() < 0.5:
         size = rng.choice(SIZES[:5])
         return f"curl -s -o /dev/null ftp://{FILES}/pub/data-{size}.bin"
-    cmds = "ls; get notes-2.txt -o /dev/null; bye"
-    return f"lftp -u {LAB_USER},{LAB_PASSWORD} -e {shlex.quote(cmds)} {FILES}"
+    cmds = f"ls; cat notes-{rng.randrange(5)}.txt; bye"
+    return f"lftp -u {LAB_USER},{LAB_PASSWORD} -e {shlex.quote(cmds)} {FILES} > /dev/null"
 
 
 def _mail(rng: random.Random, run: Path) -> str:
@@ -132,7 +133,7 @@ def _ntp(rng: random.Random, run: Path) -> str:
 
 def _redis(rng: random.Random, run: Path) -> str:
     k = f"k{rng.randrange(50)}"
-    ops = rng.choice([f"SET {k} {rng.randrange(10**6)}", f"GET {k}", f"INCR hits",
+    ops = rng.choice([f"SET {k} {rng.randrange(10**6)}", f"GET {k}", "INCR hits",
                       f"LPUSH q {rng.randrange(99)}", "PING", f"EXPIRE {k} 60"])
     return f"redis-cli -h {IOT} {ops}"
 
@@ -188,7 +189,7 @@ class BenignTraffic:
             self.counts[name] += 1
             if not ok:
                 self.failures[name] += 1
-            gap = rng.expovariate(self.rate) if not chatty else rng.uniform(0.0, 0.5)
+            gap = rng.expovariate(self.rate) if not chatty else rng.uniform(1.0, 4.0)
             self.stop_event.wait(min(gap, 10.0))
 
     def start(self) -> None:

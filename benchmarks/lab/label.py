@@ -21,7 +21,7 @@ FIELDS = ["ts", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "prot
           "duration", "pkts", "orig_ip_bytes", "resp_ip_bytes", "label", "detailedlabel"]
 TYPES = ["time", "string", "addr", "port", "addr", "port", "enum", "interval", "count",
          "count", "count", "string", "string"]
-GRACE = 5.0  # seconds after a phase ends during which its late packets still start flows
+GRACE = 30.0  # s after a phase ends: late packets (e.g. a resolver retrying tunnel queries)
 
 
 def _addr(b: bytes) -> str:

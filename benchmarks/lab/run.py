@@ -22,6 +22,7 @@ from pathlib import Path
 from . import attacks, services
 from .benign import BenignTraffic
 from .label import label_capture
+from .suricata_live import SuricataLive, summarize
 from .topology import Topology
 
 SCENARIOS = ("train-benign", "test-mixed", "ci")
@@ -41,7 +42,8 @@ def _on_signal(signum, _frame):
 
 
 def run(scenario: str, out: Path, seed: int, minutes: float, clients: int,
-        phases: list[str] | None = None, log=print) -> dict:
+        phases: list[str] | None = None, suricata_model: Path | None = None,
+        log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="sflab-"))
     work.chmod(0o755)
@@ -64,6 +66,11 @@ def run(scenario: str, out: Path, seed: int, minutes: float, clients: int,
             cap = topo.spawn("sw", ["tcpdump", "-i", "br0", "-s", "0", "-U", "-n", "-w",
                                     str(pcap)], log=str(work / "logs" / "tcpdump.log"))
             time.sleep(1.5)
+            live = None
+            if suricata_model is not None:
+                live = SuricataLive(topo, out, suricata_model)
+                live.start()
+                log("lab: suricata on br0 with semiflow suricata --follow")
             client_names = [h for h, v in topo.hosts.items() if v.role == "client"
                             and h != "chatty"]
             chatty = "chatty" if scenario != "ci" else None
@@ -95,6 +102,9 @@ def run(scenario: str, out: Path, seed: int, minutes: float, clients: int,
             info["benign_actions"] = dict(benign.counts)
             info["benign_failures"] = dict(benign.failures)
             time.sleep(2.0)
+            if live is not None:
+                time.sleep(25.0)  # let the connector's join wait and the dataset loop settle
+                live.stop()
             os.kill(cap.pid, signal.SIGINT) if cap.poll() is None else None
             cap.wait(timeout=10)
     finally:
@@ -108,6 +118,8 @@ def run(scenario: str, out: Path, seed: int, minutes: float, clients: int,
     info["flows"] = {f"{lab}/{fam}": n for (lab, fam), n in sorted(counts.items())}
     info["capture_sha256"] = _sha256(out / "capture.pcap")
     info["capture_bytes"] = (out / "capture.pcap").stat().st_size
+    if suricata_model is not None:
+        info["suricata"] = summarize(out, ledger, attackers)
     (out / "ledger.json").write_text(json.dumps(ledger, indent=1))
     (out / "versions.json").write_text(json.dumps(services.tool_versions(), indent=1))
     (out / "run.json").write_text(json.dumps(info, indent=1))
@@ -127,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-o", "--out", required=True, type=Path)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--minutes", type=float, default=15.0)
-    ap.add_argument("--clients", type=int, default=6)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--suricata-model", type=Path, default=None, metavar="MODEL_DIR",
+                    help="also run Suricata 7 on the bridge with `semiflow suricata --follow` "
+                         "and the dataset closed loop, scoring with this model")
     ap.add_argument("--phases", default=None,
                     help="comma-separated attack phases (default: every family)")
     args = ap.parse_args(argv)
@@ -136,12 +151,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     phases = args.phases.split(",") if args.phases else None
     try:
-        info = run(args.scenario, args.out, args.seed, args.minutes, args.clients, phases)
+        info = run(args.scenario, args.out, args.seed, args.minutes, args.clients, phases,
+                   args.suricata_model)
     except KeyboardInterrupt as e:
         print(f"lab: interrupted ({e}); namespaces torn down", file=sys.stderr)
         return 130
-    print(json.dumps({k: info[k] for k in ("scenario", "seed", "duration_s", "flows",
-                                           "capture_sha256")}, indent=1))
+    keys = ("scenario", "seed", "duration_s", "flows", "capture_sha256", "suricata")
+    print(json.dumps({k: info[k] for k in keys if k in info}, indent=1))
     return 0
 
 

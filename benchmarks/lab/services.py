@@ -52,7 +52,8 @@ def make_content(run: Path, seed: int) -> None:
              "backup policy printer office coffee holiday project roadmap invoice").split()
     pages = [f"page{i}.html" for i in range(80)]
     for i, p in enumerate(pages):
-        links = " ".join(f'<a href="/{rng.choice(pages)}">more</a>' for _ in range(rng.randint(2, 8)))
+        links = " ".join(f'<a href="/{rng.choice(pages)}">more</a>'
+                         for _ in range(rng.randint(2, 8)))
         text = " ".join(rng.choice(words) for _ in range(rng.randint(50, 3000)))
         _write(www / p, f"<html><head><title>Page {i}</title></head><body><p>{text}</p>"
                         f"{links}</body></html>")
@@ -73,7 +74,7 @@ def make_content(run: Path, seed: int) -> None:
         (run / "attach").mkdir(exist_ok=True)
         (run / "attach" / f"attach-{s}.pdf").write_bytes(rng.randbytes(s))
     (run / "secret.tar").write_bytes(rng.randbytes(1 << 20))   # exfiltrated over HTTP
-    (run / "tunnel-file.bin").write_bytes(rng.randbytes(48 << 10))  # moved over DNS
+    (run / "tunnel-file.bin").write_bytes(rng.randbytes(160 << 10))  # moved over DNS
     for p in [run, www, www / "files", ftp, ftp / "pub"]:
         p.chmod(0o755)
 
@@ -253,6 +254,8 @@ zone:
   num-threads: 1
   domain-insecure: "{ZONE}"
   domain-insecure: "evil.test"
+  # "test." is a special-use name (RFC 6761) that Unbound answers itself by default.
+  local-zone: "test." nodefault
 remote-control:
   control-enable: no
 stub-zone:
@@ -263,7 +266,12 @@ stub-zone:
   stub-addr: {ip_of("attacker2")}
 """)
         self._spawn("dns", "unbound", ["unbound", "-d", "-c", str(ub / "unbound.conf")])
-        status["dns resolver (unbound)"] = _wait_port(self.topo, "dns", 53, udp=True)
+        up = _wait_port(self.topo, "dns", 53, udp=True)
+        if up:  # a resolver that answers NXDOMAIN itself is not up: ask it for a lab name
+            ans = self.topo.run("dns", ["dig", "+short", "+tries=2", "+time=2",
+                                        f"@{ip_of('dns')}", f"www.{ZONE}"], timeout=15)
+            up = ans.stdout.strip() == ip_of("web")
+        status["dns resolver (unbound)"] = up
         # mail: an SMTP sink
         self._spawn("mail", "smtp", [PY, "-m", "aiosmtpd", "-n", "-l",
                                      f"{ip_of('mail')}:25", "-c", "aiosmtpd.handlers.Sink"])
