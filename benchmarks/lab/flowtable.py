@@ -53,7 +53,8 @@ def reference_flows(path) -> list[tuple]:
 
 def flow_records(path) -> list[dict]:
     """Every flow as a dict: orig/resp (address bytes, port), proto, n (packets), first/last
-    (timestamps), orig_ip_bytes/resp_ip_bytes (IP lengths by direction); in no particular order."""
+    (timestamps), orig_ip_bytes/resp_ip_bytes (IP lengths by direction), orig_bytes/resp_bytes
+    (TCP/UDP payload by direction); in no particular order."""
     fh, rd = _reader(path)
     live: dict = {}
     done: list = []
@@ -118,11 +119,13 @@ def flow_records(path) -> list[dict]:
             if st is None:
                 orig, resp = (b, a) if (p == 6 and flags & 0x12 == 0x12) else (a, b)
                 st = {"orig": orig, "resp": resp, "first": ts, "last": ts, "n": 0,
-                      "fin": set(), "closed": False, "bytes": [0, 0]}
+                      "fin": set(), "closed": False, "bytes": [0, 0], "payload": [0, 0]}
                 live[key] = st
             st["n"] += 1
             st["last"] = max(st["last"], ts)
-            st["bytes"][(src, sp) != st["orig"]] += len(ip)
+            side = int((src, sp) != st["orig"])
+            st["bytes"][side] += len(ip)
+            st["payload"][side] += len(l4.data) if p in (6, 17) else 0
             if p == 6:
                 side = (src, sp) == st["orig"]
                 if flags & 0x01:
@@ -140,4 +143,5 @@ def flow_records(path) -> list[dict]:
 def _record(st: dict, proto: int) -> dict:
     return {"orig": st["orig"], "resp": st["resp"], "proto": proto, "n": st["n"],
             "first": st["first"], "last": st["last"], "orig_ip_bytes": st["bytes"][0],
-            "resp_ip_bytes": st["bytes"][1]}
+            "resp_ip_bytes": st["bytes"][1], "orig_bytes": st["payload"][0],
+            "resp_bytes": st["payload"][1]}

@@ -18,9 +18,10 @@ from .flowtable import flow_records
 
 PROTO = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp"}
 FIELDS = ["ts", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto",
-          "duration", "pkts", "orig_ip_bytes", "resp_ip_bytes", "label", "detailedlabel"]
+          "duration", "orig_bytes", "resp_bytes", "pkts", "orig_ip_bytes", "resp_ip_bytes",
+          "label", "detailedlabel"]
 TYPES = ["time", "string", "addr", "port", "addr", "port", "enum", "interval", "count",
-         "count", "count", "string", "string"]
+         "count", "count", "count", "count", "string", "string"]
 GRACE = 30.0  # s after a phase ends: late packets (e.g. a resolver retrying tunnel queries)
 
 
@@ -58,6 +59,7 @@ def label_capture(pcap: str | Path, ledger: list[dict], attackers: set[str],
         lines.append("\t".join([
             f"{f['first']:.6f}", f"L{i:09d}", oh, str(f["orig"][1]), rh, str(f["resp"][1]),
             PROTO.get(f["proto"], str(f["proto"])), f"{f['last'] - f['first']:.6f}",
-            str(f["n"]), str(f["orig_ip_bytes"]), str(f["resp_ip_bytes"]), label, fam]))
+            str(f["orig_bytes"]), str(f["resp_bytes"]), str(f["n"]),
+            str(f["orig_ip_bytes"]), str(f["resp_ip_bytes"]), label, fam]))
     Path(out).write_text("\n".join(lines) + "\n")
     return counts
