@@ -7,13 +7,17 @@ import sys
 
 from semiflow.detector.threshold import DEFAULT_TARGET_FPR
 
+DEFAULT_MAX_FLOWS = 50_000   # = training.train.DEFAULT_MAX_FLOWS (not imported: keeps --help light)
+
 
 def register(sub) -> None:
     p = sub.add_parser(
         "train", help="train SemiFlow on the normal flows of extraction directories",
         description="Fit SemiFlow on flows labelled normal (from `semiflow extract "
-                    "--manifest`), split by capture file into train / val (early stopping) / "
-                    "calib (threshold). Labelled anomalies are only reported, never fitted.")
+                    "--manifest` or --conn-labels) into train / val (early stopping) / calib "
+                    "(threshold): by capture file with 3 or more files, else by time within "
+                    "each capture (earliest 70% train, next 15% val, latest 15% calib). "
+                    "Labelled anomalies are only reported, never fitted.")
     p.add_argument("extract_dirs", nargs="+", metavar="EXTRACT_DIR")
     p.add_argument("-o", "--out", required=True, metavar="MODEL_DIR",
                    help="artifact directory to write")
@@ -32,8 +36,15 @@ def register(sub) -> None:
                         "or the flow's NLL per dimension (docs/model.md compares them)")
     p.add_argument("--aggregate", choices=["max", "mean", "median"], default="max",
                    help="flow score from packet scores (default max)")
-    p.add_argument("--max-flows-per-file", type=int, default=100,
-                   help="cap on normal flows taken from one capture (default 100)")
+    p.add_argument("--max-flows", type=int, default=DEFAULT_MAX_FLOWS, metavar="N",
+                   help=f"at most N normal flows in all, shared evenly between capture files "
+                        f"and evenly spaced in time (default {DEFAULT_MAX_FLOWS}; 0 = all)")
+    p.add_argument("--max-flows-per-file", type=int, default=None, metavar="N",
+                   help="also cap each capture file at N normal flows (random, seeded), to "
+                        "balance many files (default: no per-file cap)")
+    p.add_argument("--split", choices=["auto", "file", "time"], default="auto",
+                   help="train/val/calib by capture file or by time (default auto: by file "
+                        "with 3 or more files, else by time)")
     p.add_argument("--resume", action="store_true",
                    help="continue from MODEL_DIR/checkpoint.pt of an interrupted run")
     p.add_argument("--threads", type=int, default=None,
@@ -47,6 +58,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.epochs is not None and args.epochs < 1:
         raise ValueError("--epochs must be >= 1")
+    for flag in ("max_flows", "max_flows_per_file"):
+        v = getattr(args, flag)
+        if v is not None and v < 0:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 0")
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError("--threads must be >= 1")
@@ -54,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     summary = train(args.extract_dirs, args.out, config=args.config, epochs=args.epochs,
                     device=args.device, seed=args.seed, target_fpr=args.target_fpr,
-                    resume=args.resume, max_flows_per_file=args.max_flows_per_file,
+                    resume=args.resume, max_flows_per_file=args.max_flows_per_file or None,
+                    max_flows=args.max_flows or None, split=args.split,
                     aggregate=args.aggregate, amp=args.amp, score=args.score,
                     progress=not args.quiet and sys.stderr.isatty(),
                     command="semiflow " + " ".join(sys.argv[1:]))

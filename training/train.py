@@ -1,9 +1,12 @@
 """`semiflow train`: extraction directories -> a SemiFlow model artifact.
 
-Only NORMAL flows are fitted. Capture files are split three ways (whole files, seeded):
-train (fitting), val (early stopping, on normal vs fresh pseudo-anomalies: no labelled
-anomaly needed) and calib (the threshold at the target FPR). Labelled anomalous flows, when
-the extraction has them, are scored for the report only and never touch the fit.
+Only NORMAL flows are fitted. They are split three ways: train (fitting), val (early stopping,
+on normal vs fresh pseudo-anomalies: no labelled anomaly needed) and calib (the threshold at
+the target FPR). With 3 or more capture files the split is by whole file (seeded); with fewer
+(one network, one capture) it is by time: the earliest 70% of each capture's flows train, the
+next 15% validate, the latest 15% calibrate. At most max_flows normal flows are used (shared
+evenly between files, evenly spaced in time). Labelled anomalous flows, when the extraction has
+them, are scored for the report only and never touch the fit.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from semiflow.detector.semiflow_model import SemiFlowConfig
 from semiflow.detector.threshold import DEFAULT_TARGET_FPR, calibrate_threshold, rates_at
 from semiflow.plugin.flowstore import FlowStore
 
-from .dataset import cap_flows_per_file, packet_rows, split_by_file
+from .dataset import budget_flows, cap_flows_per_file, packet_rows, split_by_file, split_by_time
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -60,9 +63,45 @@ def _rows(stores: list[FlowStore], flows: pd.DataFrame) -> Part:
     return Part(X, pos, order.reset_index(drop=True))
 
 
-def load_parts(extract_dirs: Sequence[str | os.PathLike], max_flows_per_file: int = 100,
-               seed: int = 42, log: Callable[[str], None] = print) -> tuple[dict, list]:
-    """Open the extractions, split normal flows by capture file, collect anomalies."""
+SPLITS = ("auto", "file", "time")
+DEFAULT_MAX_FLOWS = 50_000
+
+
+def split_normal(normal: pd.DataFrame, seed: int = 42, split: str = "auto",
+                 log: Callable[[str], None] = print) -> np.ndarray:
+    """'train' / 'val' / 'test' (= calib) per normal flow: by capture file when there are
+    at least 3 files (split="auto"), else by time within each capture (70/15/15 by start
+    time, calib the latest block; the log says so)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    nfiles = normal["source_file"].nunique()
+    if split == "time" or (split == "auto" and nfiles < 3):
+        why = "asked for" if split == "time" else f"only {nfiles} normal capture file(s)"
+        log(f"split by TIME ({why}): within each capture the earliest 70% of normal flows "
+            "train, the next 15% validate, the latest 15% calibrate the threshold")
+        return split_by_time(normal, (0.7, 0.15, 0.15))
+    if nfiles < 2:
+        raise ValueError("split='file' needs at least 2 normal capture files")
+    if nfiles < 7:   # too few files for 15% each: give val and calib one file each
+        files = sorted(normal["source_file"].unique())
+        rng = np.random.default_rng(seed)
+        rng.shuffle(files)
+        part = {f: "train" for f in files}
+        part[files[0]] = "val"
+        if nfiles >= 3:
+            part[files[1]] = "test"
+        return normal["source_file"].map(part).to_numpy()
+    return split_by_file(normal, (0.7, 0.15, 0.15), seed=seed)
+
+
+def normal_parts(extract_dirs: Sequence[str | os.PathLike], max_flows: int | None = (
+                     DEFAULT_MAX_FLOWS), seed: int = 42, log: Callable[[str], None] = print,
+                 max_flows_per_file: int | None = None, split: str = "auto"
+                 ) -> tuple[dict[str, pd.DataFrame], list[FlowStore]]:
+    """The flow tables of train / val / calib (normal flows with a sample) and anomalous
+    (all labelled anomalous flows), without packet rows. Columns _store (extraction index)
+    and row (row in that store) locate each flow. Benchmarks use this to fit other
+    detectors on exactly the flows `semiflow train` uses."""
     if not extract_dirs:
         raise ValueError("no extraction directory given")
     stores = []
@@ -83,31 +122,43 @@ def load_parts(extract_dirs: Sequence[str | os.PathLike], max_flows_per_file: in
     if len(normal) == 0:
         raise ValueError("no normal flows with a sample: extract with --manifest so files are "
                          "labelled, and train on captures of normal traffic")
-    normal = normal[cap_flows_per_file(normal, max_flows_per_file, seed)].reset_index(drop=True)
-    nfiles = normal["source_file"].nunique()
-    if nfiles >= 3:
-        split = split_by_file(normal, (0.7, 0.15, 0.15), seed=seed)
-        if nfiles < 7:   # too few files for 15% each: give val and calib one file each
-            files = sorted(normal["source_file"].unique())
-            rng = np.random.default_rng(seed)
-            rng.shuffle(files)
-            part = {f: "train" for f in files}
-            part[files[0]], part[files[1]] = "val", "test"
-            split = normal["source_file"].map(part).to_numpy()
-    else:
-        log(f"warning: only {nfiles} normal capture file(s): validation and calibration "
-            "reuse a random 20% of flows (no file-level hold-out possible)")
-        rng = np.random.default_rng(seed)
-        split = np.where(rng.random(len(normal)) < 0.8, "train", "val")
-    parts = {"train": normal[split == "train"], "val": normal[split == "val"],
-             "calib": normal[split == "test"]}
+    n_all = len(normal)
+    if max_flows_per_file:
+        normal = normal[cap_flows_per_file(normal, max_flows_per_file, seed)]
+    normal = normal[budget_flows(normal.reset_index(drop=True), max_flows)]
+    normal = normal.reset_index(drop=True)
+    if len(normal) < n_all:
+        log(f"using {len(normal)} of {n_all} normal flows (max {max_flows} in all"
+            + (f", {max_flows_per_file} per capture file" if max_flows_per_file else "")
+            + "; evenly spaced in time)")
+    part = split_normal(normal, seed, split, log)
+    parts = {"train": normal[part == "train"], "val": normal[part == "val"],
+             "calib": normal[part == "test"]}
     if len(parts["calib"]) == 0:
         parts["calib"] = parts["val"]
         log("warning: no capture file left for threshold calibration: using the val files")
-    anomalous = flows[(flows["label"] == "anomalous").to_numpy()].reset_index(drop=True)
-    parts["anomalous"] = anomalous
-    out = {k: _rows(stores, v) for k, v in parts.items()}
-    return out, stores
+    parts["anomalous"] = flows[(flows["label"] == "anomalous").to_numpy()].reset_index(
+        drop=True)
+    return parts, stores
+
+
+def load_parts(extract_dirs: Sequence[str | os.PathLike], max_flows_per_file: int | None = None,
+               seed: int = 42, log: Callable[[str], None] = print,
+               max_flows: int | None = DEFAULT_MAX_FLOWS, split: str = "auto"
+               ) -> tuple[dict, list]:
+    """normal_parts with each part's packet rows (Part)."""
+    parts, stores = normal_parts(extract_dirs, max_flows, seed, log, max_flows_per_file, split)
+    return {k: _rows(stores, v) for k, v in parts.items()}, stores
+
+
+def _ts(flows: pd.DataFrame, how: str) -> float | None:
+    return float(getattr(flows["ts"], how)()) if len(flows) else None
+
+
+def _time_range(flows: pd.DataFrame) -> str:
+    if not len(flows):
+        return ""
+    return f", start times {_ts(flows, 'min'):.3f} .. {_ts(flows, 'max'):.3f}"
 
 
 def _file_hashes(files: Sequence[str]) -> list[dict]:
@@ -152,15 +203,17 @@ def flow_scores(det: SemiFlowDetector, part: Part, how: str) -> np.ndarray:
 def train(extract_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
           config: str | SemiFlowConfig = "small", epochs: int | None = None,
           device: str | None = None, seed: int = 42, target_fpr: float = DEFAULT_TARGET_FPR,
-          resume: bool = False, max_flows_per_file: int = 100, aggregate: str = "max",
+          resume: bool = False, max_flows_per_file: int | None = None, aggregate: str = "max",
           amp: str = "bf16", progress: bool = False, log: Callable[[str], None] = print,
-          command: str | None = None, score: str = "classifier") -> dict:
+          command: str | None = None, score: str = "classifier",
+          max_flows: int | None = DEFAULT_MAX_FLOWS, split: str = "auto") -> dict:
     """Fit SemiFlow on the normal flows, calibrate the threshold, write the artifact."""
     started = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    parts, stores = load_parts(extract_dirs, max_flows_per_file, seed, log)
-    calib_is_val = parts["calib"].flows["source_file"].equals(parts["val"].flows["source_file"])
+    parts, stores = load_parts(extract_dirs, max_flows_per_file, seed, log, max_flows, split)
+    where = ["_store", "row"]
+    calib_is_val = parts["calib"].flows[where].equals(parts["val"].flows[where])
     spec = stores[0].spec
     cfg = SemiFlowConfig.named(config) if isinstance(config, str) else config
     if cfg.length != spec.l:
@@ -168,7 +221,7 @@ def train(extract_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     for name in ("train", "val", "calib"):
         p = parts[name]
         log(f"{name:5s}: {len(p.flows)} normal flows, {len(p.X)} packets, "
-            f"{p.flows['source_file'].nunique()} capture files")
+            f"{p.flows['source_file'].nunique()} capture files" + _time_range(p.flows))
     n_anom = len(parts["anomalous"].flows)
     log(f"labelled anomalous flows: {n_anom} -- used ONLY for the validation report, "
         "never for fitting or early stopping")
@@ -217,6 +270,11 @@ def train(extract_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
         "anomalous_files_for_report_only": sorted(
             parts["anomalous"].flows["source_file"].unique().tolist()),
         "seed": seed, "score": score, "max_flows_per_file": max_flows_per_file,
+        "max_flows": max_flows, "split": split,
+        "parts": {name: {"flows": int(len(parts[name].flows)),
+                         "ts_min": _ts(parts[name].flows, "min"),
+                         "ts_max": _ts(parts[name].flows, "max")}
+                  for name in ("train", "val", "calib")},
         "device": str(det.device_),
         "amp": amp if det.device_.type == "cuda" else "off",
         "versions": _versions(), "git_commit": _git_commit(), "metrics": metrics,
