@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-DEFAULT_DETECTORS = "semiflow,semiflow-nll,iforest,ocsvm,pca,kde,ae,ganomaly1d"
+DEFAULT_DETECTORS = "semiflow,semiflow-nll,iforest,ocsvm,pca,kde,ae,ganomaly1d,knn"
 DEEP = ("semiflow", "semiflow-nll", "ae", "ganomaly1d")
 
 

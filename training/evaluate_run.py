@@ -86,6 +86,56 @@ def order_for_embedding(names: list[str]) -> list[str]:
     return sorted(names, key=lambda n: (n not in EMBEDDERS, names.index(n)))
 
 
+def fit_detector(name: str, data: FlowData, train: np.ndarray, val: np.ndarray,
+                 params: dict | None = None, seed: int = 0, n_bytes: int | None = None,
+                 done: dict[str, Any] | None = None,
+                 rows: tuple[np.ndarray, np.ndarray] | None = None
+                 ) -> tuple[Any, float, int, dict]:
+    """(fitted detector, fit seconds, training packets, parameters used) for the normal flows
+    at positions train (val: early stopping where the detector uses it). done holds detectors
+    already fitted on the same flows (KDE borrows an encoder from them); rows are the packet
+    rows (X_tr, X_va) when the caller has them already (only packet-level detectors)."""
+    p = dict(params or {})
+    done = done or {}
+    t0 = time.perf_counter()
+    if name == "kde" and p.get("features", "encoder") == "encoder":
+        emb_name = next((e for e in EMBEDDERS if e in done), None)
+        p["features"] = "encoder" if emb_name else "raw"
+        p["embedder"] = done.get(emb_name)
+    det = make_detector(name, seed=seed, **p)
+    if is_flow_level(det):
+        l = min(v for v in (n_bytes, getattr(det, "n_bytes", None), 1 << 30) if v)
+        k = getattr(det, "n_packets", None)
+        F_tr, has_tr, n_pk = flow_samples(data, train, k, l)
+        F_va, has_va, _ = flow_samples(data, val, k, l)
+        if not has_tr.any():
+            raise ValueError(f"{name}: no training flows")
+        det.fit(F_tr[has_tr], F_va[has_va])
+    else:
+        X_tr, X_va = rows if rows is not None else packet_inputs(data, train, val, n_bytes)
+        if len(X_tr) == 0:
+            raise ValueError(f"{name}: no training packets")
+        det.fit(X_tr, X_va)
+        n_pk = len(X_tr)
+    return det, time.perf_counter() - t0, int(n_pk), p
+
+
+def packet_inputs(data: FlowData, train: np.ndarray, val: np.ndarray,
+                  n_bytes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Packet rows of the train and val flows, cut to n_bytes."""
+    X_tr, _ = data.packets(train)
+    X_va, _ = data.packets(val)
+    if n_bytes:
+        X_tr = np.ascontiguousarray(X_tr[:, :n_bytes])
+        X_va = np.ascontiguousarray(X_va[:, :n_bytes])
+    return X_tr, X_va
+
+
+def embedder_name(embedder: Any, done: dict[str, Any]) -> str | None:
+    """Which fitted detector KDE borrowed its encoder from (None: raw bytes)."""
+    return next((n for n, d in done.items() if embedder is not None and d is embedder), None)
+
+
 def evaluate_split(data: FlowData, split: Split, names: list[str],
                    params: dict[str, dict] | None = None, target_fpr: float = 1e-3,
                    how: str = "max", n_bytes: int | None = None,
@@ -96,44 +146,24 @@ def evaluate_split(data: FlowData, split: Split, names: list[str],
     check_split(data.flows, split)
     params = params or {}
     fitted = fitted or {}
-    X_tr = X_va = None
-    tr_pk = 0
+    rows = None
     if any(n not in fitted and not is_flow_level(detector_class(n)) for n in names):
-        X_tr, _ = data.packets(split.train)
-        X_va, _ = data.packets(split.val)
-        if n_bytes:
-            X_tr = np.ascontiguousarray(X_tr[:, :n_bytes])
-            X_va = np.ascontiguousarray(X_va[:, :n_bytes])
-        if len(X_tr) == 0:
+        rows = packet_inputs(data, split.train, split.val, n_bytes)
+        if len(rows[0]) == 0:
             raise ValueError(f"{split.benchmark}/{split.fold}: no training packets")
     flows = data.flows
     test_meta = flows.iloc[split.test][["family", "source", "source_file"]].reset_index(
         drop=True)
     done: dict[str, Any] = {}
     out = []
-    emb_name = None
     for name in order_for_embedding(names):
         p = dict(params.get(name, {}))
-        t0 = time.perf_counter()
+        tr_pk = 0 if rows is None else len(rows[0])
         if name in fitted:
             det, fit_s = fitted[name], 0.0
         else:
-            if name == "kde" and p.get("features", "encoder") == "encoder":
-                emb_name = next((e for e in EMBEDDERS if e in done), None)
-                p["features"] = "encoder" if emb_name else "raw"
-                p["embedder"] = done.get(emb_name)
-            det = make_detector(name, seed=split.seed, **p)
-            if is_flow_level(det):
-                l = min(v for v in (n_bytes, getattr(det, "n_bytes", None), 1 << 30) if v)
-                k = getattr(det, "n_packets", None)
-                F_tr, has_tr, tr_pk = flow_samples(data, split.train, k, l)
-                F_va, has_va, _ = flow_samples(data, split.val, k, l)
-                if not has_tr.any():
-                    raise ValueError(f"{split.benchmark}/{split.fold}: no training flows")
-                det.fit(F_tr[has_tr], F_va[has_va])
-            else:
-                det.fit(X_tr, X_va)
-            fit_s = time.perf_counter() - t0
+            det, fit_s, tr_pk, p = fit_detector(name, data, split.train, split.val, p,
+                                                split.seed, n_bytes, done, rows)
         done[name] = det
         t1 = time.perf_counter()
         s_test, n_pk = flow_scores(det, data, split.test, how, n_bytes)
@@ -153,7 +183,7 @@ def evaluate_split(data: FlowData, split: Split, names: list[str],
             "detector": name, "params": {k: v for k, v in p.items() if k != "embedder"},
             "train_flows": int(len(split.train)), "val_flows": int(len(split.val)),
             "test_flows": int(len(split.test)),
-            "train_packets": int(tr_pk) if X_tr is None else int(len(X_tr)),
+            "train_packets": int(tr_pk),
             "fit_seconds": round(fit_s, 3), "score_seconds": round(score_s, 3),
             "test_packets": n_pk,
             "unscored": {"normal": int((~ok & (y == 0)).sum()),
@@ -166,7 +196,7 @@ def evaluate_split(data: FlowData, split: Split, names: list[str],
             "_scores": {"y": y[ok], "score": s_test[ok]},
         }
         if name == "kde" and name not in fitted:
-            rec["params"]["embedder"] = emb_name if p["features"] == "encoder" else None
+            rec["params"]["embedder"] = embedder_name(p.get("embedder"), done)
         if log:
             m = rec["metrics"]
             log(f"{split.benchmark}/{split.fold} seed {split.seed} {name}: "
