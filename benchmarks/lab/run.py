@@ -25,8 +25,14 @@ from .label import label_capture
 from .suricata_live import SuricataLive, summarize
 from .topology import Topology
 
-SCENARIOS = ("train-benign", "test-mixed", "ci")
+SCENARIOS = ("train-benign", "test-mixed", "ci", "sample")
 CI_PHASES = ["nmap_syn_scan", "ssh_bruteforce"]
+# The sample shipped with the package (demo, end-to-end test): small versions of several
+# families and light benign traffic (no large downloads), a capture of about 2 MB.
+SAMPLE_PHASES = ["nmap_syn_scan", "ssh_bruteforce", "sql_injection", "dir_bruteforce",
+                 "dns_tunnel", "icmp_tunnel", "http_exfiltration", "syn_flood"]
+LIGHT_ACTIONS = ["browse", "app", "dns", "ssh", "ftp", "mqtt", "snmp", "ntp", "redis"]
+CI_ACTIONS = ["browse", "dns"]
 
 
 def _sha256(path: Path) -> str:
@@ -73,20 +79,22 @@ def run(scenario: str, out: Path, seed: int, minutes: float, clients: int,
                 log("lab: suricata on br0 with semiflow suricata --follow")
             client_names = [h for h, v in topo.hosts.items() if v.role == "client"
                             and h != "chatty"]
-            chatty = "chatty" if scenario != "ci" else None
-            benign = BenignTraffic(topo, client_names, work, seed,
-                                   rate=0.5 if scenario == "ci" else 1.0, chatty=chatty,
-                                   actions=["browse", "dns"] if scenario == "ci" else None)
+            small = scenario in ("ci", "sample")
+            chatty = None if small else "chatty"
+            actions = {"ci": CI_ACTIONS, "sample": LIGHT_ACTIONS}.get(scenario)
+            benign = BenignTraffic(topo, client_names, work, seed, rate=0.5 if small else 1.0,
+                                   chatty=chatty, actions=actions)
             benign.start()
             total = minutes * 60
             if scenario == "train-benign":
                 benign.wait(total)
             else:
-                small = scenario == "ci"
-                todo = phases or (CI_PHASES if small else list(attacks.phases(work)))
+                default = {"ci": CI_PHASES, "sample": SAMPLE_PHASES}.get(scenario)
                 catalog = attacks.phases(work, small=small)
+                todo = phases or default or list(catalog)
                 rng = random.Random(seed)
-                warm = min(20.0, total * 0.15)
+                # The sample opens with a benign-only stretch: its end-to-end test trains there.
+                warm = total * 0.5 if scenario == "sample" else min(20.0, total * 0.15)
                 benign.wait(warm)
                 for name in todo:
                     log(f"lab: attack phase {name}")
