@@ -145,8 +145,9 @@ def run_phase(topo: Topology, p: Phase, log_dir: Path) -> dict:
                                 + _tail(setup_log))
             return entry
     try:
+        # cwd: the run's work dir (hydra leaves a restore file where it runs)
         r = topo.run(p.attacker, ["timeout", "-k", "5", str(int(p.timeout)), "bash", "-c",
-                                  p.command], timeout=p.timeout + 30)
+                                  p.command], timeout=p.timeout + 30, cwd=str(log_dir.parent))
         rc, out = r.returncode, r.stdout + r.stderr
     except subprocess.TimeoutExpired:
         rc, out = 124, ""
