@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from .log_models import build_model, fit_windows, window_scores
+from .log_threshold import apply_calibration
 from .log_tokens import (
     TOKENIZERS,
     Vocabulary,
@@ -29,7 +30,10 @@ from .log_tokens import (
 
 FORMAT = "semiflow-log-lm/1"
 _PARAMS = ("tokenizer", "model", "supervised", "window", "epochs", "batch_size", "lr",
-           "target_fpr", "calib_fraction", "split", "min_count", "seed", "top_k", "model_kw")
+           "target_fpr", "calib_fraction", "split", "min_count", "seed", "top_k", "model_kw",
+           "bucket_s", "calibration", "confidence")
+COLUMNS = ["ts", "host_a", "host_b", "n_flows", "score", "threshold", "verdict", "top_tokens",
+           "top_uids", "malicious"]
 
 
 def split_holdout(seq: pd.DataFrame, bounds: np.ndarray, how: str = "time",
@@ -58,6 +62,32 @@ def select_groups(seq: pd.DataFrame, bounds: np.ndarray, keep: np.ndarray) -> pd
     return seq[keep[gid]].reset_index(drop=True)
 
 
+def dyad_hour_scores(seq: pd.DataFrame, s: np.ndarray, threshold: float,
+                     top_k: int = 3) -> pd.DataFrame:
+    """Per-flow scores -> one row per dyad-hour (score = max over its flows), shared by the
+    language models and the frequency baseline so both report the same dyad-hours."""
+    if len(seq) == 0:
+        return pd.DataFrame(columns=COLUMNS)
+    bounds = group_bounds(seq)
+    starts, lengths = bounds[:-1], np.diff(bounds)
+    gid = np.repeat(np.arange(len(starts)), lengths)
+    order = np.lexsort((-s, gid))  # per dyad-hour, most surprising flow first
+    rank = np.arange(len(s)) - np.repeat(starts, lengths)
+    top = order[rank < top_k]  # grouped by dyad-hour, every group present
+    cuts = np.flatnonzero(np.diff(gid[top])) + 1
+    top_tokens = [a.tolist() for a in np.split(seq["token"].to_numpy()[top], cuts)]
+    top_uids = [a.tolist() for a in np.split(seq["uid"].to_numpy()[top], cuts)]
+    score = np.maximum.reduceat(s, starts)
+    out = pd.DataFrame({
+        "ts": seq["hour"].to_numpy()[starts], "host_a": seq["host_a"].to_numpy()[starts],
+        "host_b": seq["host_b"].to_numpy()[starts], "n_flows": lengths,
+        "score": score.astype(np.float64), "threshold": threshold,
+        "verdict": np.where(score > threshold, "anomalous", "normal"),
+        "top_tokens": top_tokens, "top_uids": top_uids,
+        "malicious": np.maximum.reduceat(seq["malicious"].to_numpy(), starts)})
+    return out[COLUMNS]
+
+
 class LogLMDetector:
     """Dyad-hour anomaly detector over conn-log token sequences.
 
@@ -70,20 +100,23 @@ class LogLMDetector:
                  batch_size: int = 256, lr: float = 2e-3, target_fpr: float = 0.01,
                  calib_fraction: float = 0.2, split: str = "time", min_count: int = 1,
                  seed: int = 42, top_k: int = 3, model_kw: dict | None = None,
-                 device: str = "cpu"):
+                 bucket_s: float = 3600.0, calibration: str = "quantile",
+                 confidence: float = 0.95, device: str = "cpu"):
         self.tokenizer, self.model, self.supervised = tokenizer, model, supervised
         self.window, self.epochs, self.batch_size, self.lr = window, epochs, batch_size, lr
         self.target_fpr, self.calib_fraction, self.split = target_fpr, calib_fraction, split
         self.min_count, self.seed, self.top_k = min_count, seed, top_k
         self.model_kw, self.device = model_kw, device
+        self.bucket_s, self.calibration, self.confidence = bucket_s, calibration, confidence
 
     def get_params(self) -> dict:
         return {k: getattr(self, k) for k in _PARAMS}
 
     # ---- fitting ------------------------------------------------------------------------
     def fit(self, conn_df: pd.DataFrame, progress: Callable | None = None) -> LogLMDetector:
-        return self.fit_sequences(dyad_hour_frame(normalize_conn(conn_df), self.tokenizer),
-                                  progress=progress)
+        return self.fit_sequences(
+            dyad_hour_frame(normalize_conn(conn_df, self.bucket_s), self.tokenizer),
+            progress=progress)
 
     def fit_sequences(self, seq: pd.DataFrame, progress: Callable | None = None,
                       holdout: np.ndarray | None = None) -> LogLMDetector:
@@ -121,8 +154,8 @@ class LogLMDetector:
         self.calibration_source_ = "held-out normal dyad-hours"
         if len(calib) == 0:  # tiny input: fall back to the training scores (optimistic)
             calib, self.calibration_source_ = train[~train["malicious"]], "training dyad-hours"
-        cal_scores = self.score_sequences(calib, threshold=np.inf)["score"].to_numpy()
-        self.threshold_ = float(np.quantile(cal_scores, 1 - self.target_fpr, method="higher"))
+        self.calib_scores_ = self.score_sequences(calib, threshold=np.inf)["score"].to_numpy()
+        apply_calibration(self, seq)
         return self
 
     def _windows(self, seq: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -133,7 +166,8 @@ class LogLMDetector:
 
     # ---- scoring ------------------------------------------------------------------------
     def score_dyad_hours(self, conn_df: pd.DataFrame) -> pd.DataFrame:
-        return self.score_sequences(dyad_hour_frame(normalize_conn(conn_df), self.tokenizer))
+        return self.score_sequences(
+            dyad_hour_frame(normalize_conn(conn_df, self.bucket_s), self.tokenizer))
 
     def score_sequences(self, seq: pd.DataFrame, threshold: float | None = None,
                         batch_size: int = 4096) -> pd.DataFrame:
@@ -141,31 +175,15 @@ class LogLMDetector:
         threshold, verdict, top_tokens, top_uids (most surprising flows), malicious."""
         self._check_fitted()
         thr = self.threshold_ if threshold is None else threshold
-        cols = ["ts", "host_a", "host_b", "n_flows", "score", "threshold", "verdict",
-                "top_tokens", "top_uids", "malicious"]
         if len(seq) == 0:
-            return pd.DataFrame(columns=cols)
-        bounds = group_bounds(seq)
+            return pd.DataFrame(columns=COLUMNS)
+        return dyad_hour_scores(seq, self.flow_scores(seq, batch_size), thr, self.top_k)
+
+    def flow_scores(self, seq: pd.DataFrame, batch_size: int = 4096) -> np.ndarray:
+        """Per-flow window scores in dyad_hour_frame order."""
         x, y = self._windows(seq)
-        s = window_scores(self.net_, x, y, supervised=self.supervised, batch_size=batch_size,
-                          device=self.device)
-        starts, lengths = bounds[:-1], np.diff(bounds)
-        gid = np.repeat(np.arange(len(starts)), lengths)
-        order = np.lexsort((-s, gid))  # per dyad-hour, most surprising flow first
-        rank = np.arange(len(s)) - np.repeat(starts, lengths)
-        top = order[rank < self.top_k]  # grouped by dyad-hour, every group present
-        cuts = np.flatnonzero(np.diff(gid[top])) + 1
-        top_tokens = [a.tolist() for a in np.split(seq["token"].to_numpy()[top], cuts)]
-        top_uids = [a.tolist() for a in np.split(seq["uid"].to_numpy()[top], cuts)]
-        score = np.maximum.reduceat(s, starts)
-        out = pd.DataFrame({
-            "ts": seq["hour"].to_numpy()[starts], "host_a": seq["host_a"].to_numpy()[starts],
-            "host_b": seq["host_b"].to_numpy()[starts], "n_flows": lengths,
-            "score": score.astype(np.float64), "threshold": thr,
-            "verdict": np.where(score > thr, "anomalous", "normal"),
-            "top_tokens": top_tokens, "top_uids": top_uids,
-            "malicious": np.maximum.reduceat(seq["malicious"].to_numpy(), starts)})
-        return out[cols]
+        return window_scores(self.net_, x, y, supervised=self.supervised,
+                             batch_size=batch_size, device=self.device)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "net_"):

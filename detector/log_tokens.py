@@ -23,11 +23,15 @@ _FLOWSTORE_TO_ZEEK = {"orig_h": "id.orig_h", "orig_p": "id.orig_p",
 _MALICIOUS = ("malicious", "anomalous", "attack", "malware")
 
 
-def normalize_conn(df: pd.DataFrame) -> pd.DataFrame:
+def normalize_conn(df: pd.DataFrame, bucket_s: float = 3600.0) -> pd.DataFrame:
     """Map a conn.log or FlowStore frame to the columns the tokenizers use.
 
     Output columns: ts, uid, host_a, host_b, a_is_orig, proto, sport, dport, orig_bytes,
     resp_bytes, duration, service, conn_state, hour, malicious (bool, False where no label).
+    `hour` is the start of the flow's time bucket: an hour by default, `bucket_s` seconds
+    otherwise (short lab runs use 300). Logs without `service`/`conn_state` (the lab's
+    labels.conn.log) get "-" (unset); without `orig_bytes`/`resp_bytes`, the IP-level
+    `orig_ip_bytes`/`resp_ip_bytes` stand in (headers included: train and test alike).
     """
     df = df.rename(columns={k: v for k, v in _FLOWSTORE_TO_ZEEK.items() if k in df.columns})
     missing = [c for c in ("ts", "id.orig_h", "id.resp_h") if c not in df.columns]
@@ -40,6 +44,11 @@ def normalize_conn(df: pd.DataFrame) -> pd.DataFrame:
 
     def num(name: str) -> np.ndarray:
         return pd.to_numeric(col(name, 0), errors="coerce").fillna(0).to_numpy(np.float64)
+
+    def nbytes(side: str) -> np.ndarray:
+        if f"{side}_bytes" not in df.columns and f"{side}_ip_bytes" in df.columns:
+            return num(f"{side}_ip_bytes")
+        return num(f"{side}_bytes")
 
     orig = col("id.orig_h", "").astype(str).to_numpy()
     resp = col("id.resp_h", "").astype(str).to_numpy()
@@ -55,12 +64,12 @@ def normalize_conn(df: pd.DataFrame) -> pd.DataFrame:
         "proto": col("proto", "-").fillna("-").astype(str).str.lower().to_numpy(),
         "sport": num("id.orig_p").astype(np.int64),
         "dport": num("id.resp_p").astype(np.int64),
-        "orig_bytes": num("orig_bytes"),
-        "resp_bytes": num("resp_bytes"),
+        "orig_bytes": nbytes("orig"),
+        "resp_bytes": nbytes("resp"),
         "duration": num("duration"),
         "service": col("service", "-").fillna("-").replace("", "-").astype(str).to_numpy(),
         "conn_state": col("conn_state", "-").fillna("-").astype(str).to_numpy(),
-        "hour": np.floor(ts / 3600.0) * 3600.0,
+        "hour": np.floor(ts / bucket_s) * bucket_s,
         "malicious": label.str.startswith(_MALICIOUS).to_numpy(),
     })
     return out[np.isfinite(ts)].reset_index(drop=True)

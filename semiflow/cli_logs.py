@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from semiflow.detector.log_models import MODELS
+from semiflow.detector.log_threshold import CALIBRATIONS
 from semiflow.detector.log_tokens import TOKENIZERS
 
 DYAD_FIELDS = [("ts", "time"), ("host_a", "addr"), ("host_b", "addr"), ("n_flows", "count"),
@@ -57,6 +58,11 @@ def register(sub) -> None:
     t.add_argument("--split", choices=["time", "dyad"], default="time",
                    help="how calibration dyad-hours are held out (default: the last hours)")
     t.add_argument("--calib-fraction", type=float, default=0.2)
+    t.add_argument("--calibration", choices=CALIBRATIONS, default="quantile",
+                   help="quantile of the held-out block; upper: a 95%% binomial bound on it; "
+                        "chain: pooled forward-chained later-block scores")
+    t.add_argument("--bucket", type=float, default=3600.0, metavar="SECONDS",
+                   help="dyad time window (default 3600: dyad-hours; 300 for short lab runs)")
     t.add_argument("--seed", type=int, default=42)
     t.set_defaults(func=run_train)
 
@@ -72,6 +78,9 @@ def register(sub) -> None:
     _common(e)
     e.add_argument("--model", required=True, metavar="MODEL")
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    e.add_argument("--baseline-train", nargs="+", metavar="CONN_LOG",
+                   help="fit the frequency baseline on these logs (default: the baseline "
+                        "saved with the model)")
     e.set_defaults(func=run_evaluate)
 
 
@@ -87,6 +96,7 @@ def run_train(args: argparse.Namespace) -> int:
                   window=args.window, epochs=args.epochs, batch_size=args.batch_size,
                   lr=args.lr, target_fpr=args.target_fpr, split=args.split,
                   calib_fraction=args.calib_fraction, seed=args.seed,
+                  calibration=args.calibration, bucket_s=args.bucket,
                   device=auto_device(args.device))
     det, report = train_from_logs(args.logs, params, args.out, progress=_progress(args))
     for line in report.summary_lines():
@@ -95,6 +105,9 @@ def run_train(args: argparse.Namespace) -> int:
           f"final loss {det.history_[-1]:.4f}")
     print(f"threshold {det.threshold_:.4f} at target FPR {det.target_fpr} "
           f"({det.calibration_source_}, {det.n_calib_flows_} flows) -> {args.out}")
+    b = det.baseline_
+    print(f"frequency baseline ({b.tokenizer} tokens, {len(b.counts_)} distinct): threshold "
+          f"{b.threshold_:.4f} -> {os.path.join(args.out, 'baseline.json')}")
     return 0
 
 
@@ -149,13 +162,32 @@ def run_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _baseline(args, det):
+    """The frequency baseline to report beside the model, or None (old model dirs)."""
+    from semiflow.detector.log_baselines import FrequencyBaseline
+    from semiflow.training.log_train import BASELINE_FILE, baseline_for, collect_sequences
+
+    if args.baseline_train:
+        seq = collect_sequences(args.baseline_train, det.tokenizer, bucket_s=det.bucket_s,
+                                progress=_progress(args))
+        return baseline_for(det).fit_sequences(seq)
+    path = Path(args.model) / BASELINE_FILE
+    return FrequencyBaseline.load(path) if path.exists() else None
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     from semiflow.training.log_train import LogReadReport, evaluate_scores, score_logs
 
     det = _load(args)
+    base = _baseline(args, det)
     report = LogReadReport()
-    scored = score_logs(args.logs, det, report=report, progress=_progress(args))
-    m = evaluate_scores(scored)
+    scored = score_logs(args.logs, det, report=report, progress=_progress(args),
+                        others={"baseline": base} if base is not None else None)
+    if base is None:
+        scored = {"model": scored}
+    m = evaluate_scores(scored["model"])
+    if base is not None:
+        m["baseline"] = evaluate_scores(scored["baseline"])
     if args.json:
         print(json.dumps(m))
         return 0
@@ -164,6 +196,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if m["malicious"] == 0:
         print("no dyad-hour holds a flow labelled malicious: AUROC undefined")
     print(f"dyad-hours {m['dyad_hours']} (malicious {m['malicious']}), flagged {m['flagged']}")
-    print(f"ROC AUC {m['auroc']:.4f}  precision {m['precision']:.4f}  recall {m['recall']:.4f}"
-          f"  FPR {m['fpr']:.4f}  at threshold {det.threshold_:.4f}")
+    rows = [(f"{det.model} LM" if not det.supervised else f"{det.model} supervised", m)]
+    if base is not None:
+        rows.append(("frequency baseline (rarest token)", m["baseline"]))
+    else:
+        print("no frequency baseline saved with this model (retrain, or --baseline-train)")
+    print(f"{'detector':36s} {'ROC AUC':>8s} {'TPR':>7s} {'FPR':>7s} {'prec':>7s} threshold")
+    for name, r in rows:
+        print(f"{name:36s} {r['auroc']:8.4f} {r['recall']:7.4f} {r['fpr']:7.4f} "
+              f"{r['precision']:7.4f} {r['threshold']:.4f}")
     return 0

@@ -18,9 +18,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from semiflow.detector.log_detector import LogLMDetector
-from semiflow.detector.log_tokens import dyad_hour_frame, normalize_conn
+from semiflow.detector.log_baselines import FrequencyBaseline
+from semiflow.detector.log_detector import LogLMDetector, split_holdout
+from semiflow.detector.log_tokens import dyad_hour_frame, group_bounds, normalize_conn
 from semiflow.plugin.zeeklog import ZeekLogReport, iter_zeek_log
+
+BASELINE_FILE = "baseline.json"  # the frequency baseline saved beside a trained LM
 
 
 @dataclass
@@ -51,10 +54,10 @@ def _progress(total: int | None, unit: str, desc: str, enabled: bool | None):
 
 
 def iter_conn_frames(paths: list[str | os.PathLike], report: LogReadReport | None = None,
-                     chunk_rows: int = 200_000, progress: bool | None = None
-                     ) -> Iterator[pd.DataFrame]:
+                     chunk_rows: int = 200_000, progress: bool | None = None,
+                     bucket_s: float = 3600.0) -> Iterator[pd.DataFrame]:
     """Normalized conn frames, chunk by chunk, from Zeek conn logs (TSV/JSON, gzip) or
-    `semiflow extract` output directories (flows.parquet)."""
+    `semiflow extract` output directories (flows.parquet); `bucket_s` = the dyad window."""
     report = report if report is not None else LogReadReport()
     bar = _progress(len(paths), "file", "reading", progress)
     for p in paths:
@@ -74,7 +77,7 @@ def iter_conn_frames(paths: list[str | os.PathLike], report: LogReadReport | Non
         for df in chunks:
             if len(df) == 0:
                 continue
-            conn = normalize_conn(df)
+            conn = normalize_conn(df, bucket_s)
             report.flows += len(conn)
             yield conn
         if bar is not None:
@@ -90,10 +93,10 @@ def _compact(seq: pd.DataFrame) -> pd.DataFrame:
 
 def collect_sequences(paths: list[str | os.PathLike], tokenizer: str,
                       report: LogReadReport | None = None, chunk_rows: int = 200_000,
-                      progress: bool | None = None) -> pd.DataFrame:
+                      progress: bool | None = None, bucket_s: float = 3600.0) -> pd.DataFrame:
     """All dyad-hour sequences of the logs (a dyad_hour_frame), read chunk-wise."""
     parts = [_compact(dyad_hour_frame(c, tokenizer))
-             for c in iter_conn_frames(paths, report, chunk_rows, progress)]
+             for c in iter_conn_frames(paths, report, chunk_rows, progress, bucket_s)]
     if not parts:
         raise ValueError("no flows found in the input logs")
     seq = pd.concat(parts, ignore_index=True)
@@ -104,14 +107,16 @@ def collect_sequences(paths: list[str | os.PathLike], tokenizer: str,
 def train_from_logs(paths: list[str | os.PathLike], params: dict, out: str | os.PathLike | None
                     = None, progress: bool | None = None, chunk_rows: int = 200_000
                     ) -> tuple[LogLMDetector, LogReadReport]:
-    """Fit a LogLMDetector(**params) on conn logs; save it to `out` if given."""
+    """Fit a LogLMDetector(**params) on conn logs; save it to `out` if given, with the
+    frequency baseline of the same tokens, split and calibration (det.baseline_)."""
     import torch
 
     report = LogReadReport()
     det = LogLMDetector(**params)
     torch.manual_seed(det.seed)
     np.random.seed(det.seed)
-    seq = collect_sequences(paths, det.tokenizer, report, chunk_rows, progress)
+    seq = collect_sequences(paths, det.tokenizer, report, chunk_rows, progress, det.bucket_s)
+    held = split_holdout(seq, group_bounds(seq), det.split, det.calib_fraction)
     bar = _progress(det.epochs, "epoch", "training", progress)
 
     def on_epoch(ep: int, total: int, loss: float) -> None:
@@ -119,12 +124,21 @@ def train_from_logs(paths: list[str | os.PathLike], params: dict, out: str | os.
             bar.set_postfix(loss=f"{loss:.3f}")
             bar.update(1)
 
-    det.fit_sequences(seq, progress=on_epoch)
+    det.fit_sequences(seq, progress=on_epoch, holdout=held)
     if bar is not None:
         bar.close()
+    det.baseline_ = baseline_for(det).fit_sequences(seq, holdout=held)
     if out is not None:
         det.save(out)
+        det.baseline_.save(Path(out) / BASELINE_FILE)
     return det, report
+
+
+def baseline_for(det: LogLMDetector, **kw) -> FrequencyBaseline:
+    """The frequency baseline matching an LM: same tokenizer, window, split, calibration."""
+    p = {k: getattr(det, k) for k in ("tokenizer", "target_fpr", "calib_fraction", "split",
+                                      "top_k", "bucket_s", "calibration", "confidence")}
+    return FrequencyBaseline(**{**p, **kw})
 
 
 def iter_scored(paths: list[str | os.PathLike], det: LogLMDetector,
@@ -136,12 +150,13 @@ def iter_scored(paths: list[str | os.PathLike], det: LogLMDetector,
     pending: pd.DataFrame | None = None
     flushed_upto = -np.inf  # hours <= this were already scored
     latest = -np.inf
-    for conn in iter_conn_frames(paths, report, chunk_rows, progress):
+    bucket = float(getattr(det, "bucket_s", 3600.0))
+    for conn in iter_conn_frames(paths, report, chunk_rows, progress, bucket):
         seq = dyad_hour_frame(conn, det.tokenizer)
         report.late += int((seq["hour"] <= flushed_upto).sum())
         pending = seq if pending is None else pd.concat([pending, seq], ignore_index=True)
         latest = max(latest, float(np.nanmax(seq["ts"])))
-        cutoff = np.floor(latest / 3600.0) * 3600.0 - slack_hours * 3600.0
+        cutoff = np.floor(latest / bucket) * bucket - slack_hours * 3600.0
         done = pending["hour"].to_numpy() <= cutoff
         if done.any():
             ready = pending[done].sort_values(["hour", "host_a", "host_b", "ts"],
@@ -158,15 +173,24 @@ def iter_scored(paths: list[str | os.PathLike], det: LogLMDetector,
 def score_logs(paths: list[str | os.PathLike], det: LogLMDetector,
                on_batch: Callable[[pd.DataFrame], None] | None = None,
                report: LogReadReport | None = None, progress: bool | None = None,
-               keep: bool = True) -> pd.DataFrame:
-    """Score every dyad-hour; on_batch sees each completed batch (e.g. to write logs)."""
-    kept = []
-    for scored, _ in iter_scored(paths, det, report, progress=progress):
+               keep: bool = True, others: dict | None = None
+               ) -> pd.DataFrame | dict[str, pd.DataFrame]:
+    """Score every dyad-hour; on_batch sees each completed batch (e.g. to write logs).
+
+    others = {name: detector}: also score the SAME dyad-hours (same tokens, same labels) with
+    each, e.g. the frequency baseline; then returns {"model": ..., name: ...}.
+    """
+    kept: dict[str, list] = {"model": [], **{k: [] for k in (others or {})}}
+    for scored, ready in iter_scored(paths, det, report, progress=progress):
         if on_batch is not None:
             on_batch(scored)
         if keep:
-            kept.append(scored.drop(columns=["top_tokens", "top_uids"]))
-    return pd.concat(kept, ignore_index=True) if kept else pd.DataFrame()
+            kept["model"].append(scored.drop(columns=["top_tokens", "top_uids"]))
+            for name, other in (others or {}).items():
+                kept[name].append(other.score_sequences(ready).drop(
+                    columns=["top_tokens", "top_uids"]))
+    out = {k: pd.concat(v, ignore_index=True) if v else pd.DataFrame() for k, v in kept.items()}
+    return out if others else out["model"]
 
 
 def evaluate_scores(scored: pd.DataFrame) -> dict:
@@ -178,10 +202,14 @@ def evaluate_scores(scored: pd.DataFrame) -> dict:
 
     y = scored["malicious"].to_numpy().astype(bool)
     pred = (scored["verdict"] == "anomalous").to_numpy()
+    if "threshold" in scored and len(scored):
+        out_thr = float(scored["threshold"].iloc[0])
+    else:
+        out_thr = float("nan")
     tp, fp = int((pred & y).sum()), int((pred & ~y).sum())
     out = {"dyad_hours": int(len(y)), "malicious": int(y.sum()), "flagged": int(pred.sum()),
            "precision": tp / max(tp + fp, 1), "recall": tp / max(int(y.sum()), 1),
-           "fpr": fp / max(int((~y).sum()), 1), "auroc": float("nan")}
+           "fpr": fp / max(int((~y).sum()), 1), "auroc": float("nan"), "threshold": out_thr}
     if 0 < y.sum() < len(y):
         out["auroc"] = float(roc_auc_score(y, scored["score"].to_numpy()))
     return out
