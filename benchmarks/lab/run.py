@@ -31,7 +31,7 @@ CI_PHASES = ["nmap_syn_scan", "ssh_bruteforce"]
 # families and light benign traffic (no large downloads), a capture of about 2 MB.
 SAMPLE_PHASES = ["nmap_syn_scan", "ssh_bruteforce", "sql_injection", "dir_bruteforce",
                  "dns_tunnel", "icmp_tunnel", "http_exfiltration", "syn_flood"]
-LIGHT_ACTIONS = ["browse", "app", "dns", "ssh", "ftp", "mqtt", "snmp", "ntp", "redis"]
+LIGHT_ACTIONS = ["browse", "app", "dns", "ssh", "mqtt", "snmp", "ntp", "redis", "mail"]
 CI_ACTIONS = ["browse", "dns"]
 
 
