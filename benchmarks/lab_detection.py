@@ -92,9 +92,13 @@ def product_semiflow(name: str, a, store_dir: Path, test_store, test_rows: np.nd
     from semiflow.training.train import train
 
     out = work / "models" / f"{store_dir.name}-{name}-e{a.epochs}-c{a.cap_train}-s{seed}"
-    summary = train([store_dir], out, epochs=a.epochs, device=a.device, seed=seed,
-                    max_flows=a.cap_train, score=PRODUCT[name], log=lambda m: None,
-                    command=f"lab_detection {name} seed {seed}")
+    if (out / "provenance.json").exists() and not (out / "checkpoint.pt").exists():
+        say(f"reusing the trained artifact {out}")
+        summary = json.loads((out / "provenance.json").read_text())["metrics"]
+    else:
+        summary = train([store_dir], out, epochs=a.epochs, device=a.device, seed=seed,
+                        max_flows=a.cap_train, score=PRODUCT[name], log=lambda m: None,
+                        command=f"lab_detection {name} seed {seed}")
     scorer = load_scorer(out, device=a.device)
     n_sel = test_store.flows["n_selected"].to_numpy().astype(np.int64)
     scores = np.full(len(test_rows), np.nan)
@@ -213,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cap-train", type=int, default=50_000,
                    help="at most this many benign normal flows for train+val+calib "
                         "(semiflow train's --max-flows; default 50000)")
+    p.add_argument("--cap-test-normal", type=int, default=0,
+                   help="score at most this many benign test flows, evenly spaced in time "
+                        "(every attack flow is scored; keep >= 10000; default 0 = all)")
     p.add_argument("--target-fpr", type=float, default=1e-3)
     p.add_argument("--device", default=None, help="torch device (default: cuda if present)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -258,6 +265,10 @@ def run(a: argparse.Namespace) -> int:
     use = tf["label"].astype(str).isin(["normal", "anomalous"]).to_numpy().copy()
     if a.time_split_test:   # smoke: every labelled flow but the benign ones fitted on
         use[parts["train"]["row"].to_numpy()] = False
+    if a.cap_test_normal:   # evenly spaced in time; every anomalous flow stays
+        from semiflow.training.dataset import budget_flows
+        normal = np.flatnonzero(use & (tf["label"].astype(str) == "normal").to_numpy())
+        use[normal[~budget_flows(tf.iloc[normal], a.cap_test_normal)]] = False
     test_rows = np.flatnonzero(use)
     test_pos = test_rows + (0 if a.time_split_test else len(data.stores[0].flows))
     sizes = tf.iloc[test_rows].assign(family=lambda f: np.where(
@@ -275,9 +286,12 @@ def run(a: argparse.Namespace) -> int:
     smoke = " (SMOKE TEST: one run, time split, not a result)" if a.time_split_test else ""
     setting = (f"train {a.train} -> test {a.test}{smoke}; "
                f"spec select={a.select} k={a.k} l={a.l}; epochs {a.epochs}; cap-train "
-               f"{a.cap_train}; seeds {seeds}; target FPR {a.target_fpr:g}; benign "
+               f"{a.cap_train}; test benign cap {a.cap_test_normal or 'none'}; seeds {seeds}; "
+               f"target FPR {a.target_fpr:g}; benign "
                f"train/val/calib {len(parts['train'])}/{len(parts['val'])}/"
-               f"{len(parts['calib'])} flows; {time.perf_counter() - t0:.0f} s")
+               f"{len(parts['calib'])} flows; test {sizes.get('(benign)', 0)} benign + "
+               f"{len(test_rows) - sizes.get('(benign)', 0)} attack flows; "
+               f"{time.perf_counter() - t0:.0f} s")
     text = setting + "\n\n" + markdown_lab(summary, fams, sizes)
     print(text)
     if a.markdown:
