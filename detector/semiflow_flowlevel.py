@@ -1,0 +1,267 @@
+"""FlowSemiFlowDetector: SemiFlow on whole flows (the first K packets together).
+
+The method's three stages, on flow samples uint8[n_flows, K, L] of NORMAL traffic only:
+(1) an autoencoder (shared per-packet byte encoder + an MLP over the K packets and their
+    metadata) learns a flow latent by reconstruction of bytes and metadata;
+(2) the method's invertible Flow maps the standardised latent to N(0, I) (NLL training);
+(3) a classifier separates normal latents from pseudo-anomalies F^-1(F(e) + eps).
+Scores (higher = more anomalous), chosen by `score`:
+  "nll"        the flow's negative log-likelihood per latent dimension (encoder + flow);
+  "rec"        the autoencoder's reconstruction error of the flow;
+  "nll+rec"    both, each standardised on held-out normal flows, summed (the default:
+               density catches odd combinations, reconstruction what the latent cannot hold);
+  "classifier" the method's classifier log-odds on the flow latent.
+Every stage early-stops on held-out normal flows (no labelled anomaly needed). Measured
+against packet-level SemiFlow and a kNN baseline in benchmarks/semiflow_lab_ablation.py.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .semiflow_flownet import (
+    FlowDecoder,
+    FlowEncoder,
+    FlowNetConfig,
+    LatentClassifier,
+    LatentFlow,
+    flow_inputs,
+    learn_services,
+    log_uniform,
+)
+from .semiflow_inference import resolve_device
+
+FLOW_SCORES = ("nll+rec", "nll", "rec", "classifier")
+STAGES = ("reconstruction", "flow", "classifier")
+
+
+def check_flows(X, cfg: FlowNetConfig, what: str) -> np.ndarray:
+    X = np.asarray(X)
+    if X.ndim != 3 or X.shape[1] != cfg.k or X.dtype != np.uint8:
+        raise ValueError(f"{what}: expected flow samples uint8[n, {cfg.k}, L], got "
+                         f"{X.dtype}{list(X.shape)}")
+    if len(X) == 0:
+        raise ValueError(f"{what}: no flows")
+    return X
+
+
+class FlowSemiFlowDetector:
+    """Flow-level SemiFlow (normal-only training); fit/anomaly_score on flow samples."""
+
+    level = "flow"
+
+    def __init__(self, config: FlowNetConfig | None = None, score: str = "nll+rec",
+                 epochs: int | None = None, device: str | None = None,
+                 random_state: int | None = None, log: Callable[[str], None] | None = None):
+        self.config = config
+        self.score = score
+        self.epochs = epochs
+        self.device = device
+        self.random_state = random_state
+        self.log = log
+
+    def _cfg(self, k: int) -> FlowNetConfig:
+        cfg = self.config or FlowNetConfig(k=k)
+        over = {"k": k}
+        if self.random_state is not None:
+            over["seed"] = int(self.random_state)
+        if self.epochs is not None:
+            over["epochs"] = (int(self.epochs),) * 3
+        return FlowNetConfig.from_dict({**cfg.to_dict(), **over})
+
+    def _gen(self, *salt: int) -> torch.Generator:
+        g = torch.Generator(device=self.device_)
+        seed = self.config_.seed
+        for v in salt:
+            seed = (seed * 1_000_003 + int(v)) % (2 ** 63)
+        return g.manual_seed(seed)
+
+    def _modules(self) -> dict:
+        return {"encoder": self.encoder_, "decoder": self.decoder_, "flow": self.flow_,
+                "classifier": self.classifier_}
+
+    # ---- fit ----------------------------------------------------------------------------
+    def fit(self, X: np.ndarray, X_val: np.ndarray | None = None, y=None):
+        """X: NORMAL flow samples uint8[n, K, L]; X_val (normal) drives early stopping."""
+        if self.score not in FLOW_SCORES:
+            raise ValueError(f"unknown score {self.score!r}; choose from {FLOW_SCORES}")
+        X = np.asarray(X)
+        self.config_ = cfg = self._cfg(X.shape[1] if X.ndim == 3 else 0)
+        X = check_flows(X, cfg, "fit")
+        self.device_ = dev = resolve_device(self.device)
+        if X_val is None:
+            idx = np.random.default_rng(cfg.seed).permutation(len(X))
+            n_val = max(1, len(X) // 10) if len(X) > 1 else 0
+            X_val, X = (X[idx[:n_val]], X[idx[n_val:]]) if n_val else (X, X)
+        X_val = check_flows(X_val, cfg, "fit X_val")
+        if cfg.max_services > 0 and not cfg.services:
+            self.config_ = cfg = FlowNetConfig.from_dict(
+                {**cfg.to_dict(), "services": learn_services(X, cfg)})
+        torch.manual_seed(cfg.seed)
+        self.encoder_, self.decoder_ = FlowEncoder(cfg).to(dev), FlowDecoder(cfg).to(dev)
+        self.flow_, self.classifier_ = LatentFlow(cfg).to(dev), LatentClassifier(cfg).to(dev)
+        self.history_: list[dict] = []
+        Xt = torch.from_numpy(np.ascontiguousarray(X[..., : cfg.length])).to(dev)
+        Xv = torch.from_numpy(np.ascontiguousarray(X_val[..., : cfg.length])).to(dev)
+        params = (list(self.encoder_.parameters()) + list(self.decoder_.parameters()),
+                  self.flow_.parameters(), self.classifier_.parameters())
+        steps = (self._loss_rec, self._loss_flow, self._loss_cls)
+        for stage in range(3):
+            if stage == 1:
+                self._standardise(Xt)
+            if stage == 2 and self.score != "classifier":
+                break                              # no classifier needed for this score
+            opt = torch.optim.Adam(params[stage], cfg.lr, betas=(0.5, 0.999))
+            best, bad, best_state = math.inf, 0, None
+            for epoch in range(cfg.epochs[stage]):
+                if bad >= cfg.patience:
+                    break
+                self._train_mode(stage)
+                total = 0.0
+                order = torch.randperm(len(Xt), generator=self._gen(stage, epoch), device=dev)
+                for i in range(0, len(Xt), cfg.batch_size):
+                    idx = order[i:i + cfg.batch_size]
+                    if len(idx) < 2:
+                        continue
+                    loss = steps[stage](Xt[idx], self._gen(stage, epoch, i))
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if stage == 1:
+                        torch.nn.utils.clip_grad_norm_(self.flow_.parameters(), 10.0)
+                    opt.step()
+                    total += float(loss.detach()) * len(idx)
+                val = self._val_loss(stage, Xv)
+                rec = {"stage": STAGES[stage], "epoch": epoch + 1,
+                       "train_loss": total / len(Xt), "val_loss": val}
+                self.history_.append(rec)
+                if self.log:
+                    self.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                      for k, v in rec.items()))
+                if val < best - 1e-6:
+                    best, bad, best_state = val, 0, self._state(stage)
+                else:
+                    bad += 1
+            if best_state is not None:
+                for name, sd in best_state.items():
+                    self._modules()[name].load_state_dict(sd)
+        for m in self._modules().values():
+            m.eval()
+        self._calibrate(Xv)
+        return self
+
+    def _train_mode(self, stage: int) -> None:
+        for name, m in self._modules().items():
+            m.train(name == ("encoder", "flow", "classifier")[stage]
+                    or (stage == 0 and name == "decoder"))
+
+    def _state(self, stage: int) -> dict:
+        names = (("encoder", "decoder"), ("flow",), ("classifier",))[stage]
+        return {n: {k: t.detach().clone() for k, t in self._modules()[n].state_dict().items()}
+                for n in names}
+
+    def _inputs(self, xb: torch.Tensor):
+        return flow_inputs(xb, self.config_, self.device_)
+
+    def _rec_error(self, rows, meta, svc, out) -> torch.Tensor:
+        """Per flow: byte MSE + w_meta * metadata MSE + w_service * service cross-entropy."""
+        r_hat, m_hat, s_logits = out
+        cfg = self.config_
+        return (cfg.w_bytes * ((r_hat - rows) ** 2).mean((1, 2))
+                + cfg.w_meta * ((m_hat - meta) ** 2).mean((1, 2))
+                + cfg.w_service * F.cross_entropy(s_logits, svc, reduction="none"))
+
+    def _loss_rec(self, xb: torch.Tensor, gen=None) -> torch.Tensor:
+        rows, meta, svc = self._inputs(xb)
+        return self._rec_error(rows, meta, svc, self.decoder_(self.encoder_(rows, meta, svc))
+                               ).mean()
+
+    @torch.no_grad()
+    def _latent(self, xb: torch.Tensor) -> torch.Tensor:
+        return self.encoder_(*self._inputs(xb))
+
+    def _loss_flow(self, xb: torch.Tensor, gen=None) -> torch.Tensor:
+        z, logdet = self.flow_(self.flow_.standardise(self._latent(xb)))
+        return LatentFlow.nll(z, logdet)
+
+    @torch.no_grad()
+    def pseudo_anomalies(self, u: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Standardised latents u -> F^-1(F(u) + sigma * eps), sigma log-uniform per sample."""
+        cfg = self.config_
+        z, _ = self.flow_(u)
+        sig = log_uniform(len(z), cfg.noise_sigma, cfg.noise_sigma_max, gen, self.device_)
+        eps = torch.randn(z.shape, generator=gen, device=z.device)
+        fake = self.flow_.inverse(z + sig * eps)
+        return torch.nan_to_num(fake, nan=0.0, posinf=1e4, neginf=-1e4).clamp(-1e4, 1e4)
+
+    def _cls_batch(self, xb: torch.Tensor, gen: torch.Generator):
+        u = self.flow_.standardise(self._latent(xb))
+        n_fake = max(1, int(round(len(u) * self.config_.pseudo_ratio)))
+        self.flow_.eval()
+        fake = self.pseudo_anomalies(u[:n_fake], gen)
+        y = torch.cat([torch.zeros(len(u)), torch.ones(len(fake))]).long().to(u.device)
+        return torch.cat([u, fake]), y
+
+    def _loss_cls(self, xb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        inputs, y = self._cls_batch(xb, gen)
+        return F.cross_entropy(self.classifier_(inputs), y)
+
+    @torch.no_grad()
+    def _standardise(self, Xt: torch.Tensor) -> None:
+        self.encoder_.eval()
+        e = torch.cat([self._latent(Xt[i:i + 1024]) for i in range(0, len(Xt), 1024)])
+        self.flow_.mean.copy_(e.mean(0))
+        self.flow_.std.copy_(e.std(0).clamp_min(1e-4))
+
+    @torch.no_grad()
+    def _val_loss(self, stage: int, Xv: torch.Tensor) -> float:
+        for m in self._modules().values():
+            m.eval()
+        fn = (self._loss_rec, self._loss_flow, self._loss_cls)[stage]
+        gen = self._gen(2, 10_000)
+        total = sum(float(fn(Xv[i:i + 1024], gen)) * len(Xv[i:i + 1024])
+                    for i in range(0, len(Xv), 1024))
+        return total / len(Xv)
+
+    @torch.no_grad()
+    def _calibrate(self, Xv: torch.Tensor) -> None:
+        """Location/scale of nll and rec on held-out normal flows (for "nll+rec")."""
+        parts = self._parts(Xv.cpu().numpy())
+        self.stats_ = {k: (float(np.median(v)), float(max(np.subtract(*np.percentile(
+            v, [75, 25])), 1e-9))) for k, v in parts.items()}
+
+    # ---- inference ----------------------------------------------------------------------
+    @torch.no_grad()
+    def _parts(self, X: np.ndarray, batch_size: int = 2048) -> dict[str, np.ndarray]:
+        out: dict[str, list] = {"nll": [], "rec": [], "classifier": []}
+        for i in range(0, len(X), batch_size):
+            rows, meta, svc = flow_inputs(X[i:i + batch_size, :, : self.config_.length],
+                                          self.config_, self.device_)
+            e = self.encoder_(rows, meta, svc)
+            rec = self._rec_error(rows, meta, svc, self.decoder_(e))
+            out["rec"].append(rec.double().cpu().numpy())
+            out["nll"].append(self.flow_.nll_per_flow(e).cpu().numpy())
+            logits = self.classifier_(self.flow_.standardise(e)).double()
+            out["classifier"].append((logits[:, 1] - logits[:, 0]).cpu().numpy())
+        return {k: np.concatenate(v) for k, v in out.items()}
+
+    def score_parts(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        """Every score of every flow (for ablations): nll, rec, classifier, nll+rec."""
+        if not hasattr(self, "stats_"):
+            raise ValueError("FlowSemiFlowDetector is not fitted yet: call fit() first")
+        X = check_flows(X, self.config_, "anomaly_score")
+        parts = self._parts(X)
+        parts["nll+rec"] = sum((parts[k] - m) / s for k, (m, s) in self.stats_.items()
+                               if k in ("nll", "rec"))
+        return parts
+
+    def anomaly_score(self, X: np.ndarray) -> np.ndarray:
+        """float64[n_flows], higher = more anomalous (the configured score)."""
+        return self.score_parts(X)[self.score]
+
+    def score_samples(self, X: np.ndarray) -> np.ndarray:
+        return -self.anomaly_score(X)
