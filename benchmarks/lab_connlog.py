@@ -44,7 +44,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from semiflow.detector.log_baselines import FrequencyBaseline  # noqa: E402
-from semiflow.detector.log_detector import LogLMDetector, dyad_hour_scores  # noqa: E402
+from semiflow.detector.log_detector import (  # noqa: E402
+    LogLMDetector,
+    auto_device,
+    dyad_hour_scores,
+)
 from semiflow.detector.log_threshold import (  # noqa: E402
     calibrate_threshold,
     chain_scores,
@@ -66,7 +70,8 @@ def detectors(tok: str, bucket: float, args) -> dict:
     """name -> unfitted detector, all calibrated the same way."""
     common = dict(tokenizer=tok, bucket_s=bucket, target_fpr=args.target_fpr)
     return {
-        f"lm_{tok}": LogLMDetector(**common, epochs=args.epochs, seed=args.seed),
+        f"lm_{tok}": LogLMDetector(**common, epochs=args.epochs, seed=args.seed,
+                                   device=args.device),
         f"freq_{tok}": FrequencyBaseline(**common),
         f"freqbo_{tok}": FrequencyBaseline(**common, backoff=0.1),
     }
@@ -108,6 +113,8 @@ def run_one(name: str, det, train_seq: pd.DataFrame, test_seq: pd.DataFrame, arg
     if args.chain:
         def fit_calib(sub, holdout):
             twin = type(det)(**det.get_params())
+            if hasattr(det, "device"):
+                twin.device = det.device
             twin.fit_sequences(sub, holdout=holdout)
             ok = twin.calibration_source_ == "held-out normal dyad-hours"
             return twin.calib_scores_ if ok else np.empty(0)
@@ -148,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chain", action="store_true",
                     help="also the forward-chained calibration (refits each detector 3x)")
     ap.add_argument("--primary", default="lm_port_5m", help="detector behind `flagged`")
+    ap.add_argument("--device", default="auto", help="cpu, cuda or auto (LM training)")
     args = ap.parse_args(argv)
+    args.device = auto_device(args.device)
     torch.set_num_threads(2)
     train_df = read_zeek_log(conn_path(args.train))
     test_df = read_zeek_log(conn_path(args.test))
