@@ -200,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     if f"{args.primary}_flag" in flows:
         flows["flagged"] = flows[f"{args.primary}_flag"]
     args.out.mkdir(parents=True, exist_ok=True)
-    flows.to_csv(args.out / "connlog_verdicts.csv", index=False, float_format="%.5g")
+    scores = [c for c in flows.columns if c.endswith("_score")]
+    flows[scores] = flows[scores].round(4)
+    flows.to_csv(args.out / "connlog_verdicts.csv", index=False)
     (args.out / "connlog_summary.json").write_text(json.dumps(summary, indent=1))
     print(f"-> {args.out / 'connlog_verdicts.csv'}, {args.out / 'connlog_summary.json'}")
     return 0
