@@ -129,7 +129,26 @@ def run_one(name: str, det, train_seq: pd.DataFrame, test_seq: pd.DataFrame, arg
            "at": {k: metrics(y, sc, v) for k, v in thr.items()},
            "dyad_windows": int(len(y)), "malicious_windows": int(y.sum()),
            "malicious_single_flow": int((y & (dh["n_flows"].to_numpy() == 1)).sum())}
+    res["_y"], res["_score"] = y, sc
     return res, win_score, thr
+
+
+def paired_auroc_gap(y: np.ndarray, a: np.ndarray, b: np.ndarray, n_boot: int = 2000,
+                     seed: int = 0) -> dict:
+    """AUROC(a) - AUROC(b) on the same windows, with a paired bootstrap 95% interval (few
+    malicious windows: a gap of a few points can be one window)."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    gaps = []
+    for _ in range(n_boot):
+        i = rng.integers(0, len(y), len(y))
+        if 0 < y[i].sum() < len(i):
+            gaps.append(roc_auc_score(y[i], a[i]) - roc_auc_score(y[i], b[i]))
+    g = np.asarray(gaps)
+    return {"gap": float(roc_auc_score(y, a) - roc_auc_score(y, b)),
+            "ci95": [float(np.quantile(g, 0.025)), float(np.quantile(g, 0.975))],
+            "p_le_0": float((g <= 0).mean())}
 
 
 def family_table(flows: pd.DataFrame, flag: np.ndarray) -> dict:
@@ -161,6 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(2)
     train_df = read_zeek_log(conn_path(args.train))
     test_df = read_zeek_log(conn_path(args.test))
+    payload = ["orig_bytes", "resp_bytes"]
+    if any(c not in df for df in (train_df, test_df) for c in payload):
+        # older lab labels have IP bytes only: byte tokens must mean the same on both sides
+        print("note: payload bytes missing on one side: protobytes tokens use IP bytes on both")
+        train_df = train_df.drop(columns=payload, errors="ignore")
+        test_df = test_df.drop(columns=payload, errors="ignore")
     flows = pd.DataFrame({"uid": test_df["uid"].astype(str), "ts": test_df["ts"],
                           "orig_h": test_df["id.orig_h"], "resp_h": test_df["id.resp_h"],
                           "label": test_df.get("label", pd.Series("-", index=test_df.index)),
@@ -185,9 +210,11 @@ def main(argv: list[str] | None = None) -> int:
             row = row[~row.index.duplicated()]
             pos = row.reindex(pd.MultiIndex.from_arrays([test_seq["uid"], test_seq["ts"]]))
             pos = pos.to_numpy()
+            done = {}
             for base, det in detectors(tok, bucket, args).items():
                 name = f"{base}_{tag}"
                 res, win_score, thr = run_one(name, det, train_seq, test_seq, args)
+                done[base] = (res.pop("_y"), res.pop("_score"))
                 score = np.full(len(flows), np.nan)
                 score[pos] = win_score
                 flows[f"{name}_score"] = score
@@ -197,6 +224,13 @@ def main(argv: list[str] | None = None) -> int:
                 res["benign_flow_fpr"] = float(flows.loc[~mal, f"{name}_flag"].mean())
                 summary["detectors"].append(res)
                 report(res)
+            y, lm = done[f"lm_{tok}"]
+            for other in (f"freq_{tok}", f"freqbo_{tok}"):
+                if 0 < y.sum() < len(y):
+                    g = paired_auroc_gap(y, lm, done[other][1])
+                    summary.setdefault("lm_minus_baseline", {})[f"{tok}_{tag}_vs_{other}"] = g
+                    print(f"{'':22s} AUROC lm - {other}: {g['gap']:+.3f} (95% bootstrap "
+                          f"{g['ci95'][0]:+.3f}..{g['ci95'][1]:+.3f}, P(<=0) {g['p_le_0']:.2f})")
     if f"{args.primary}_flag" in flows:
         flows["flagged"] = flows[f"{args.primary}_flag"]
     args.out.mkdir(parents=True, exist_ok=True)
