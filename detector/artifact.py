@@ -25,7 +25,8 @@ from .spec import FlowSampleSpec
 from .threshold import Threshold
 
 FORMAT = "semiflow-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1               # packet-level artifacts; flow-level ones are version 2
+READ_VERSIONS = (1, 2)
 META_FILE = "semiflow-model.json"
 WEIGHTS_FILE = "model.safetensors"
 PROVENANCE_FILE = "provenance.json"
@@ -34,11 +35,13 @@ AGGREGATES = ("max", "mean", "median")
 # the flow's NLL per dimension ("flow-nll", needs flow.* weights), or "probability"
 # (artifacts written before the log-odds change, which lack the field).
 SCORE_KINDS = ("log-odds", "flow-nll", "probability")
+# Flow-level artifacts (`"level": "flow"`, detector/semiflow_flowartifact.py) score whole flows:
+FLOW_SCORE_KINDS = ("nll+rec", "nll", "rec")
 
 
 @dataclass
 class Artifact:
-    config: SemiFlowConfig
+    config: SemiFlowConfig  # a FlowNetConfig when level == "flow"
     spec: FlowSampleSpec
     tensors: dict[str, torch.Tensor]
     threshold: Threshold | None
@@ -47,6 +50,8 @@ class Artifact:
     model_version: str = ""
     provenance: dict = field(default_factory=dict)
     score_kind: str = "log-odds"
+    level: str = "packet"                # "packet" (scores packets, aggregates) or "flow"
+    score_stats: dict = field(default_factory=dict)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -128,9 +133,12 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
     meta = _read_json(root / META_FILE)
     if meta.get("format") != FORMAT:
         raise ValueError(f"model artifact: {root / META_FILE} is not a {FORMAT} file")
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READ_VERSIONS:
         raise ValueError(f"model artifact: format version {meta.get('format_version')} "
-                         f"not supported (this semiflow reads {FORMAT_VERSION})")
+                         f"not supported (this semiflow reads {READ_VERSIONS})")
+    level = "flow" if meta.get("level") == "flow" else "packet"
+    if level == "flow":
+        return _load_flow_level(root, meta)
     try:
         config = SemiFlowConfig.from_dict(meta["config"])
         spec = FlowSampleSpec.from_dict(meta["spec"])
@@ -196,3 +204,82 @@ def build_flow(artifact: Artifact, device: torch.device | str = "cpu") -> Flow:
     flow = Flow(artifact.config)
     _load_into(flow, artifact.tensors, "flow", Path(WEIGHTS_FILE))
     return flow.to(device).eval()
+
+
+def _weights(root: Path, meta: dict) -> tuple[Path, dict]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    wpath = root / meta["weights"].get("file", WEIGHTS_FILE)
+    if not wpath.exists():
+        raise ValueError(f"model artifact: weights {wpath.name} missing in {root}")
+    if sha256_file(wpath) != meta["weights"].get("sha256"):
+        raise ValueError(f"model artifact: {wpath} is corrupt (sha256 does not match "
+                         f"{META_FILE})")
+    try:
+        return wpath, load_file(str(wpath))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"model artifact: cannot read {wpath} ({e})") from e
+
+
+def _load_flow_level(root: Path, meta: dict) -> Artifact:
+    """A flow-level artifact (format 2); its weights are checked by building the detector."""
+    from .semiflow_flowartifact import check_spec, detector_from_tensors
+    from .semiflow_flownet import FlowNetConfig
+
+    try:
+        config = FlowNetConfig.from_dict(meta["config"])
+        spec = FlowSampleSpec.from_dict(meta["spec"])
+        threshold = Threshold.from_dict(meta["threshold"]) if meta.get("threshold") else None
+        score_kind, stats = meta["score"], meta.get("score_stats", {})
+        meta["weights"]["file"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"model artifact: {root / META_FILE} is malformed ({e})") from e
+    if score_kind not in FLOW_SCORE_KINDS:
+        raise ValueError(f"model artifact: unknown score kind {score_kind!r}")
+    try:
+        check_spec(spec, config)
+    except ValueError as e:
+        raise ValueError(f"model artifact: {e}") from e
+    wpath, tensors = _weights(root, meta)
+    detector_from_tensors(config, score_kind, stats, tensors, wpath.name)
+    prov_path = root / PROVENANCE_FILE
+    return Artifact(config=config, spec=spec, tensors=tensors, threshold=threshold,
+                    aggregate="flow", model_name=str(meta.get("model_name", "semiflow")),
+                    model_version=str(meta.get("model_version", "")),
+                    provenance=_read_json(prov_path) if prov_path.exists() else {},
+                    score_kind=score_kind, level="flow", score_stats=stats)
+
+
+def save_flow_artifact(path: str | os.PathLike, detector, spec: FlowSampleSpec,
+                       threshold: Threshold | None = None, provenance: dict | None = None,
+                       model_name: str = "semiflow", model_version: str | None = None) -> Path:
+    """Write a fitted FlowSemiFlowDetector as an artifact directory (format version 2)."""
+    from safetensors.torch import save_file
+
+    from .semiflow_flowartifact import flow_meta_and_tensors
+
+    fields, tensors = flow_meta_and_tensors(detector, spec)
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": FORMAT})
+    digest = sha256_file(out / WEIGHTS_FILE)
+    meta = {"format": FORMAT, **fields, "model_name": model_name,
+            "model_version": model_version or f"{model_name}-flow-{digest[:12]}",
+            "spec": spec.to_dict(), "aggregate": "flow",
+            "threshold": threshold.to_dict() if threshold is not None else None,
+            "weights": {"file": WEIGHTS_FILE, "sha256": digest}}
+    (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    (out / PROVENANCE_FILE).write_text(json.dumps(provenance or {}, indent=2, default=str)
+                                       + "\n")
+    return out
+
+
+def build_flow_detector(artifact: Artifact, device: torch.device | str = "cpu"):
+    """The fitted FlowSemiFlowDetector of a flow-level artifact, on `device`."""
+    from .semiflow_flowartifact import detector_from_tensors
+
+    if artifact.level != "flow":
+        raise ValueError("model artifact is packet-level: it has no flow-level detector")
+    return detector_from_tensors(artifact.config, artifact.score_kind, artifact.score_stats,
+                                 artifact.tensors, WEIGHTS_FILE, device)

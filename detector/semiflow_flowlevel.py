@@ -82,8 +82,9 @@ class FlowSemiFlowDetector:
         return g.manual_seed(seed)
 
     def _modules(self) -> dict:
-        return {"encoder": self.encoder_, "decoder": self.decoder_, "flow": self.flow_,
+        mods = {"encoder": self.encoder_, "decoder": self.decoder_, "flow": self.flow_,
                 "classifier": self.classifier_}
+        return {k: m for k, m in mods.items() if m is not None}
 
     # ---- fit ----------------------------------------------------------------------------
     def fit(self, X: np.ndarray, X_val: np.ndarray | None = None, y=None):
@@ -149,6 +150,8 @@ class FlowSemiFlowDetector:
             if best_state is not None:
                 for name, sd in best_state.items():
                     self._modules()[name].load_state_dict(sd)
+        if self.score != "classifier":
+            self.classifier_ = None            # never trained: not offered as a score
         for m in self._modules().values():
             m.eval()
         self._calibrate(Xv)
@@ -231,6 +234,7 @@ class FlowSemiFlowDetector:
     def _calibrate(self, Xv: torch.Tensor) -> None:
         """Location/scale of nll and rec on held-out normal flows (for "nll+rec")."""
         parts = self._parts(Xv.cpu().numpy())
+        parts.pop("classifier", None)
         self.stats_ = {k: (float(np.median(v)), float(max(np.subtract(*np.percentile(
             v, [75, 25])), 1e-9))) for k, v in parts.items()}
 
@@ -245,9 +249,10 @@ class FlowSemiFlowDetector:
             rec = self._rec_error(rows, meta, svc, self.decoder_(e))
             out["rec"].append(rec.double().cpu().numpy())
             out["nll"].append(self.flow_.nll_per_flow(e).cpu().numpy())
-            logits = self.classifier_(self.flow_.standardise(e)).double()
-            out["classifier"].append((logits[:, 1] - logits[:, 0]).cpu().numpy())
-        return {k: np.concatenate(v) for k, v in out.items()}
+            if self.classifier_ is not None:     # artifacts do not store it
+                logits = self.classifier_(self.flow_.standardise(e)).double()
+                out["classifier"].append((logits[:, 1] - logits[:, 0]).cpu().numpy())
+        return {k: np.concatenate(v) for k, v in out.items() if v}
 
     def score_parts(self, X: np.ndarray) -> dict[str, np.ndarray]:
         """Every score of every flow (for ablations): nll, rec, classifier, nll+rec."""
