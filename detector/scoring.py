@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .aggregate import aggregate_flow_scores
-from .artifact import Artifact, build_flow, build_modules, load_artifact
+from .artifact import Artifact, build_flow, build_flow_detector, build_modules, load_artifact
 from .semiflow_inference import flow_nll_scores, packet_scores, probability, resolve_device
 from .spec import FlowSampleSpec
 from .threshold import Threshold
@@ -30,6 +30,12 @@ class FlowScorer:
         self.artifact = artifact
         self.device = resolve_device(device)
         self.batch_size = batch_size
+        # flow-level artifacts (docs/model.md) score whole flows; no packet encoder/classifier
+        self.flow_detector = (build_flow_detector(artifact, self.device)
+                              if artifact.level == "flow" else None)
+        if self.flow_detector is not None:
+            self.encoder = self.classifier = self.flow = None
+            return
         self.encoder, self.classifier = build_modules(artifact, self.device)
         self.flow = build_flow(artifact, self.device) if artifact.score_kind == "flow-nll" \
             else None
@@ -74,6 +80,9 @@ class FlowScorer:
                              f"got {rows.dtype}{list(rows.shape)}")
         if len(rows) == 0:
             return np.zeros(0, np.float64)
+        if self.flow_detector is not None:
+            raise ValueError("score_packets: this is a flow-level model; it scores whole flows "
+                             "(score_flows)")
         with torch.inference_mode():
             if self.flow is not None:
                 return flow_nll_scores(self.encoder, self.flow, rows, self.device,
@@ -95,6 +104,9 @@ class FlowScorer:
             raise ValueError(f"score_flows: {len(samples)} samples but {len(n_sel)} counts")
         if (n_sel < 0).any() or (n_sel > samples.shape[1]).any():
             raise ValueError("score_flows: n_selected out of range")
+        if self.flow_detector is not None:
+            from .semiflow_flowartifact import score_flow_samples
+            return score_flow_samples(self.flow_detector, samples, n_sel)
         m = len(samples)
         mask = np.arange(samples.shape[1])[None, :] < n_sel[:, None]
         flow_idx = np.broadcast_to(np.arange(m)[:, None], mask.shape)[mask]
