@@ -119,7 +119,10 @@ def flow_records(path) -> list[dict]:
             if st is None:
                 orig, resp = (b, a) if (p == 6 and flags & 0x12 == 0x12) else (a, b)
                 st = {"orig": orig, "resp": resp, "first": ts, "last": ts, "n": 0,
-                      "fin": set(), "closed": False, "bytes": [0, 0], "payload": [0, 0]}
+                      "fin": set(), "closed": False, "bytes": [0, 0], "payload": [0, 0],
+                      # Zeek (and semiflow's flow table) report an ICMP flow's first type
+                      # and code where TCP/UDP have ports.
+                      "icmp": (l4.type, l4.code) if p in (1, 58) else None}
                 live[key] = st
             st["n"] += 1
             st["last"] = max(st["last"], ts)
@@ -144,4 +147,4 @@ def _record(st: dict, proto: int) -> dict:
     return {"orig": st["orig"], "resp": st["resp"], "proto": proto, "n": st["n"],
             "first": st["first"], "last": st["last"], "orig_ip_bytes": st["bytes"][0],
             "resp_ip_bytes": st["bytes"][1], "orig_bytes": st["payload"][0],
-            "resp_bytes": st["payload"][1]}
+            "resp_bytes": st["payload"][1], "icmp": st["icmp"]}

@@ -50,6 +50,7 @@ def label_capture(pcap: str | Path, ledger: list[dict], attackers: set[str],
              "#types\t" + "\t".join(TYPES)]
     for i, f in enumerate(flows):
         oh, rh = _addr(f["orig"][0]), _addr(f["resp"][0])
+        op, rp = f["icmp"] if f["icmp"] is not None else (f["orig"][1], f["resp"][1])
         hit = {oh, rh} & attackers
         if hit:
             label, fam = "Malicious", family_of(f["first"], hit, ledger)
@@ -57,9 +58,33 @@ def label_capture(pcap: str | Path, ledger: list[dict], attackers: set[str],
             label, fam = "Benign", "-"
         counts[(label, fam if hit else "benign")] += 1
         lines.append("\t".join([
-            f"{f['first']:.6f}", f"L{i:09d}", oh, str(f["orig"][1]), rh, str(f["resp"][1]),
+            f"{f['first']:.6f}", f"L{i:09d}", oh, str(op), rh, str(rp),
             PROTO.get(f["proto"], str(f["proto"])), f"{f['last'] - f['first']:.6f}",
             str(f["orig_bytes"]), str(f["resp_bytes"]), str(f["n"]),
             str(f["orig_ip_bytes"]), str(f["resp_ip_bytes"]), label, fam]))
     Path(out).write_text("\n".join(lines) + "\n")
     return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Relabel a run directory in place (after a labelling fix): python -m lab.label RUN..."""
+    import argparse
+    import json
+
+    from .services import ATTACKERS
+    ap = argparse.ArgumentParser(description="relabel lab runs in place")
+    ap.add_argument("runs", nargs="+", type=Path)
+    args = ap.parse_args(argv)
+    for run in args.runs:
+        ledger = json.loads((run / "ledger.json").read_text())
+        counts = label_capture(run / "capture.pcap", ledger, {h.ip for h in ATTACKERS},
+                               run / "labels.conn.log")
+        info = json.loads((run / "run.json").read_text())
+        info["flows"] = {f"{lab}/{fam}": n for (lab, fam), n in sorted(counts.items())}
+        (run / "run.json").write_text(json.dumps(info, indent=1))
+        print(run, info["flows"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
