@@ -6,8 +6,10 @@
                          threshold, sha256 of the weights
     provenance.json      data files + sha256, metrics, package versions, git commit, command
 
-Inference needs only the encoder and the classifier, so only they are stored. Anything
-missing, corrupt or inconsistent raises ValueError naming the file and the problem.
+Inference needs only the encoder and the classifier, so only they are stored. Flow-level
+artifacts (format_version 2, "level": "flow": save_flow_artifact, semiflow_flowartifact.py)
+store encoder, decoder and flow instead and score whole flows. Anything missing, corrupt or
+inconsistent raises ValueError naming the file and the problem.
 """
 
 from __future__ import annotations
