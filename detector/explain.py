@@ -149,7 +149,12 @@ def _extent(row: np.ndarray) -> int:
 def explain_flow(scorer, sample: np.ndarray, n_selected: int, uid: str = "",
                  method: str = "integrated-gradients", steps: int = 32,
                  directions: np.ndarray | None = None) -> FlowExplanation:
-    """Explain one flow of a FlowScorer's spec: sample uint8[K, L], its first n_selected rows."""
+    """Explain one flow of a FlowScorer's spec: sample uint8[K, L], its first n_selected rows.
+
+    A flow-level scorer gets a FlowLevelExplanation (detector/explain_flowlevel.py)."""
+    if getattr(scorer, "flow_detector", None) is not None:
+        from .explain_flowlevel import explain_flow_level
+        return explain_flow_level(scorer, sample, n_selected, uid, method, steps, directions)
     rows = np.asarray(sample, np.uint8)[:int(n_selected)]
     if len(rows) == 0:
         raise ValueError(f"flow {uid or '?'} has no selected packet: nothing was scored")
@@ -215,7 +220,7 @@ def plot_explanation(expl: FlowExplanation, path=None, max_bytes: int | None = N
                                    gridspec_kw={"height_ratios": [1, 1], "hspace": 0.75})
     im = ax1.imshow(a[:, :PAYLOAD_OFFSET], aspect="auto", cmap="RdBu_r", norm=norm,
                     interpolation="nearest")
-    row = expl.rows[max(expl.driver, 0)]
+    row = expl.rows[0 if getattr(expl, "level", "") == "flow" else max(expl.driver, 0)]
     fields = [f for f in field_map(row) if f.end <= PAYLOAD_OFFSET]
     ax1.set_xticks([(f.start + f.end - 1) / 2 for f in fields])
     ax1.set_xticklabels([f.name.split(".", 1)[-1] for f in fields], rotation=90, fontsize=6)
@@ -225,7 +230,8 @@ def plot_explanation(expl: FlowExplanation, path=None, max_bytes: int | None = N
     for f in fields:
         ax1.axvline(f.start - 0.5, color="#888", lw=0.4)
     ax1.axvline(IP_REGION - 0.5, color="k", lw=1.2)
-    fig.suptitle(f"flow {expl.uid}: attribution of anomaly log-odds ({expl.method}); "
+    what = "flow score" if getattr(expl, "level", "packet") == "flow" else "anomaly log-odds"
+    fig.suptitle(f"flow {expl.uid}: attribution of {what} ({expl.method}); "
                  "red = towards anomalous, * = packet that set the score", fontsize=9)
     ax2.imshow(a[:, PAYLOAD_OFFSET:width], aspect="auto", cmap="RdBu_r", norm=norm,
                interpolation="nearest", extent=(-0.5, width - PAYLOAD_OFFSET - 0.5, n - 0.5,
@@ -235,7 +241,7 @@ def plot_explanation(expl: FlowExplanation, path=None, max_bytes: int | None = N
     for ax in (ax1, ax2):
         ax.set_yticks(range(n))
         ax.set_yticklabels([_packet_label(expl, i) for i in range(n)], fontsize=7)
-    fig.colorbar(im, ax=[ax1, ax2], fraction=0.02, pad=0.01, label="log-odds per byte")
+    fig.colorbar(im, ax=[ax1, ax2], fraction=0.02, pad=0.01, label="score per byte")
     if path is not None:
         fig.savefig(path, format="png", bbox_inches="tight")
     return fig

@@ -8,6 +8,8 @@ import json
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 
 def register(sub) -> None:
     p = sub.add_parser("explain", help="which bytes/fields drove a flow's anomaly score",
@@ -31,10 +33,15 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _normal_sample(path: str, cap: int = 4000):
+def _normal_sample(path: str, cap: int = 4000, flow_level: bool = False):
     from semiflow.plugin.flowstore import FlowStore
     st = FlowStore.open(path)
     f = st.flows[(st.flows["n_selected"] > 0) & (st.flows["label"].isin(["normal", "unknown"]))]
+    if flow_level:      # whole flows: (samples, n_selected, info)
+        idx = f.index.to_numpy()[:cap]
+        info = [{"uid": u, "source_file": Path(s).name} for u, s in
+                zip(f["uid"].iloc[:cap], f["source_file"].iloc[:cap])]
+        return (np.asarray(st.samples[idx]), f["n_selected"].to_numpy()[:cap]), info
     rows = f["row"].to_numpy()[:cap]
     X, pos = st.samples.packet_rows(rows)
     sub = f.iloc[pos]
@@ -52,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.extract and not args.captures:
         raise ValueError("give the flow's samples: --extract DIR or CAPTURE files")
     scorer = load_scorer(args.model or default_model_dir(), device="cpu")
-    normal = _normal_sample(args.normal) if args.normal else None
+    flow_level = scorer.flow_detector is not None
+    normal = _normal_sample(args.normal, flow_level=flow_level) if args.normal else None
     wanted = set(args.uid)
     out = []
     with tempfile.TemporaryDirectory(prefix="semiflow-explain-") as tmp:
@@ -76,7 +84,10 @@ def run(args: argparse.Namespace) -> int:
                     continue
                 e = explain_flow(scorer, st.samples[i], n_sel, uid, args.method, args.steps,
                                  directions=st.pkt_dir[i])
-                if normal is not None:
+                if normal is not None and flow_level:
+                    from semiflow.detector.explain_flowlevel import nearest_normal_flows
+                    e.nearest = nearest_normal_flows(scorer, e, *normal[0], normal[1])
+                elif normal is not None:
                     e.nearest = nearest_normal(scorer, e, normal[0], normal[1])
                 png = args.png if args.png and len(args.uid) == 1 else f"explain-{uid}.png"
                 plot_explanation(e, png)
@@ -87,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
     for e, png in out:
         if args.json:
             print(json.dumps({**e.to_dict(args.top), "png": png}))
+            continue
+        if flow_level:
+            _print_flow_level(e, args, png, scorer.threshold)
             continue
         print(f"flow {e.uid}: {len(e.packet_scores)} packets; packet log-odds "
               + " ".join(f"{s:.3f}" for s in e.packet_scores)
@@ -108,3 +122,32 @@ def run(args: argparse.Namespace) -> int:
                   "pass --normal EXTRACT)")
         print(f"  heat map: {png}")
     return 0
+
+
+def _print_flow_level(e, args: argparse.Namespace, png: str, threshold: float) -> None:
+    """Text report of a FlowLevelExplanation (detector/explain_flowlevel.py)."""
+    print(f"flow {e.uid}: flow-level score {e.score:.3f} (threshold {threshold:.3f}); "
+          f"{e.n_selected} packets, service {e.service}; baseline ({e.baseline}) score "
+          f"{e.baseline_score:.3f}")
+    print("  attribution per packet slot: " + " ".join(
+        f"{i + 1}{'' if i < e.n_selected else '(absent)'}:{s:+.3g}"
+        for i, s in enumerate(e.packet_scores)))
+    print(f"  top fields ({args.method}; meta.* = header metadata the model reads by "
+          "meaning, service = protocol + lower port):")
+    for t in e.field_totals()[:args.top]:
+        where = "flow" if t["packet"] is None else f"pkt {t['packet'] + 1}"
+        span = f"[{t['start']:>4},{t['end']:>4})" if t["start"] >= 0 else " " * 11
+        name = t["field"] + (f" {t['value']}" if "value" in t else "")
+        print(f"    {where:<6} {name:<28} {span}  {t['attribution']:+.4f}")
+    print("  top bytes:")
+    for b in e.top_bytes(args.top):
+        print(f"    pkt {b['packet'] + 1} offset {b['offset']:>4}  {b['field']:<22} "
+              f"0x{b['value']:02x}  {b['attribution']:+.4f}")
+    if e.nearest:
+        print("  nearest normal flows (flow latent):")
+        for nn in e.nearest:
+            print(f"    {nn['uid']} ({nn['source_file']}) distance {nn['distance']:.3f}")
+    elif not args.normal:
+        print("  nearest normal examples: skipped (the artifact holds no training data; "
+              "pass --normal EXTRACT)")
+    print(f"  heat map: {png}")
