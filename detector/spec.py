@@ -32,7 +32,8 @@ class FlowSampleSpec:
 
     k: int = 8
     l: int = 1600
-    selection: str = SELECT_PAYLOAD
+    # "all" since the lab measurements (docs/model.md): scans and floods carry no payload
+    selection: str = SELECT_ALL
     mask: tuple[str, ...] = ("addresses",)
     version: int = 1
     layout: str = field(default="ip60-transport60-payload", compare=True)

@@ -34,7 +34,7 @@ class ZeekSideConfig:
 
     k: int = 8
     snaplen: int = 1664
-    select_all: bool = False
+    select_all: bool = True
     max_wait: float = 10.0
     shards: int = 1
     request_topic: str = zw.DEFAULT_REQUEST_TOPIC

@@ -21,8 +21,13 @@ def register(sub) -> None:
     p.add_argument("extract_dirs", nargs="+", metavar="EXTRACT_DIR")
     p.add_argument("-o", "--out", required=True, metavar="MODEL_DIR",
                    help="artifact directory to write")
+    p.add_argument("--level", choices=["flow", "packet"], default="flow",
+                   help="flow (default): flow-level SemiFlow on the first K packets of each flow "
+                        "together (extract with --select all, the default); packet: the "
+                        "method's packet-level model, scored per packet and aggregated "
+                        "(--config, --score, --aggregate, --amp, --resume apply to it only)")
     p.add_argument("--config", choices=["small", "paper"], default="small",
-                   help="model size: small (CPU minutes, default) or paper (the published shapes)")
+                   help="packet level: model size, small (CPU minutes, default) or paper")
     p.add_argument("--epochs", type=int, help="maximum epochs per stage (default: the config's)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     p.add_argument("--amp", choices=["bf16", "fp16", "off"], default="bf16",
@@ -72,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
                     resume=args.resume, max_flows_per_file=args.max_flows_per_file or None,
                     max_flows=args.max_flows or None, split=args.split,
                     aggregate=args.aggregate, amp=args.amp, score=args.score,
+                    level=args.level,
                     progress=not args.quiet and sys.stderr.isatty(),
                     command="semiflow " + " ".join(sys.argv[1:]))
     print(f"model written to {summary['out']} ({summary['fit_seconds']:.1f} s of training, "

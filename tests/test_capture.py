@@ -14,7 +14,7 @@ from semiflow.plugin.capture import FlowTable, ScanReport, scan_capture
 from semiflow.plugin.flowstore import FlowStore
 from semiflow.training.extract import StrictError, extract
 
-SPEC = FlowSampleSpec(k=3, l=200)
+SPEC = FlowSampleSpec(k=3, l=200, selection="payload")
 
 
 def _session(t0: float, sport: int, n_data: int = 2, close: bool = True, src="10.0.0.1",

@@ -36,7 +36,7 @@ def corpus_store(corpus_dir, tmp_path_factory):
     manifest = Manifest(corpus_dir / "manifest.csv")
     files = [str(p) for p in manifest.files()]
     out = tmp_path_factory.mktemp("corpus") / "flows"
-    report = extract(files, out, FlowSampleSpec(k=2, l=128), manifest=manifest)
+    report = extract(files, out, FlowSampleSpec(k=2, l=128, selection="payload"), manifest=manifest)
     return FlowStore.open(out), report, manifest
 
 

@@ -140,9 +140,9 @@ def test_feedback_cli_score_export_train(corpus_dir, tmp_path, capsys):
     m = Manifest(corpus_dir / "manifest.csv")
     normal = [str(nd / f) for f in ("chrome.pcap", "firefox.pcap", "ookla.pcap",
                                     "pluralsight.pcap")]
-    extract(normal, tmp_path / "normal.flows", FlowSampleSpec(), manifest=m)
+    extract(normal, tmp_path / "normal.flows", FlowSampleSpec(selection="payload"), manifest=m)
     assert cli_main(["train", str(tmp_path / "normal.flows"), "-o", str(tmp_path / "model"),
-                     "--epochs", "1", "--device", "cpu", "-q"]) == 0
+                     "--epochs", "1", "--device", "cpu", "--level", "packet", "-q"]) == 0
     attack = str(nd / "emotet.pcap")
     assert cli_main(["score", attack, "--model", str(tmp_path / "model"), "-o",
                      str(tmp_path / "s0"), "-q"]) == 0
@@ -171,7 +171,7 @@ def test_feedback_cli_score_export_train(corpus_dir, tmp_path, capsys):
     notices = read_zeek_log(tmp_path / "s1" / "notice.log")
     assert not set(notices.get("uid", [])) & set(log.loc[hit, "uid"])
     # marked flows -> an extraction labelled normal that `semiflow train` accepts
-    extract([attack], tmp_path / "attack.flows", FlowSampleSpec(), manifest=m)
+    extract([attack], tmp_path / "attack.flows", FlowSampleSpec(selection="payload"), manifest=m)
     assert cli_main(["feedback", "export", str(allow), "--extract",
                      str(tmp_path / "attack.flows"), "-o", str(tmp_path / "fb.flows")]) == 0
     fb = FlowStore.open(tmp_path / "fb.flows")
@@ -183,6 +183,6 @@ def test_feedback_cli_score_export_train(corpus_dir, tmp_path, capsys):
     np.testing.assert_array_equal(fb.samples[k], src.samples[j])   # bytes copied exactly
     assert cli_main(["train", str(tmp_path / "normal.flows"), str(tmp_path / "fb.flows"),
                      "-o", str(tmp_path / "model2"), "--epochs", "1", "--device", "cpu",
-                     "-q"]) == 0
+                     "--level", "packet", "-q"]) == 0
     assert (tmp_path / "model2" / "semiflow-model.json").exists()
     assert cli_main(["feedback", "mark", "--reason", "x", "-o", str(allow)]) == 2

@@ -9,7 +9,7 @@ from packets import ether, ip4, ip6, null, sll, sll2, tcp, udp
 from semiflow.detector import frame as fr
 from semiflow.detector.spec import FlowSampleSpec, build_flow_sample, parse_frame, sample_row
 
-SPEC = FlowSampleSpec(k=4, l=256)
+SPEC = FlowSampleSpec(k=4, l=256, selection="payload")
 
 
 def test_ipv4_tcp_layout_and_address_mask():

@@ -92,7 +92,8 @@ def test_evaluate_split_runs_flow_level_detector(tmp_path):
     t += 1.0                                  # a bare SYN: no payload, nothing selected
     frames.append((t, bytes(ether(ip4("10.0.0.7", "10.0.0.2", tcp(999, 80, flags=2), 6)))))
     write_pcap(tmp_path / "c.pcap", frames)
-    extract([str(tmp_path / "c.pcap")], tmp_path / "x", FlowSampleSpec(k=4, l=300))
+    extract([str(tmp_path / "c.pcap")], tmp_path / "x",
+            FlowSampleSpec(k=4, l=300, selection="payload"))
     data = load_flow_data([tmp_path / "x"])
     f = data.flows
     anom = (f["resp_p"] == 6666).to_numpy()

@@ -42,12 +42,12 @@ def trained(corpus_dir, tmp_path_factory):
     anomalous = _pick(corpus_dir, "anomalous", ANOMALOUS_FAMILIES, 8, 1, 40)
     assert len(normal) >= 7 and len(anomalous) >= 3
     manifest = Manifest(corpus_dir / "manifest.csv")
-    spec = FlowSampleSpec()
+    spec = FlowSampleSpec(selection="payload")   # the packet-level path
     extract(normal, tmp / "normal.flows", spec, manifest=manifest)
     extract(anomalous, tmp / "anomalous.flows", spec, manifest=manifest)
     rc = cli_main(["train", str(tmp / "normal.flows"), str(tmp / "anomalous.flows"),
                    "-o", str(tmp / "model"), "--epochs", "3", "--device", "cpu", "--seed", "1",
-                   "--max-flows-per-file", "20", "-q"])
+                   "--max-flows-per-file", "20", "--level", "packet", "-q"])
     assert rc == 0
     return tmp, normal, anomalous
 
@@ -84,7 +84,7 @@ def test_train_with_flow_nll_score(trained, tmp_path):
     tmp, _, _ = trained
     rc = cli_main(["train", str(tmp / "normal.flows"), "-o", str(tmp_path / "m"), "--epochs",
                    "1", "--device", "cpu", "--seed", "1", "--max-flows-per-file", "5",
-                   "--score", "flow-nll", "-q"])
+                   "--score", "flow-nll", "--level", "packet", "-q"])
     assert rc == 0
     meta = json.loads((tmp_path / "m" / "semiflow-model.json").read_text())
     assert meta["score"] == "flow-nll"

@@ -33,6 +33,7 @@ from semiflow.detector.threshold import DEFAULT_TARGET_FPR, calibrate_threshold,
 from semiflow.plugin.flowstore import FlowStore
 
 from .dataset import budget_flows, cap_flows_per_file, packet_rows, split_by_file, split_by_time
+from .train_flow import train_flow
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -64,6 +65,7 @@ def _rows(stores: list[FlowStore], flows: pd.DataFrame) -> Part:
 
 
 SPLITS = ("auto", "file", "time")
+LEVELS = ("flow", "packet")
 DEFAULT_MAX_FLOWS = 50_000
 
 
@@ -193,6 +195,28 @@ def _versions() -> dict:
     return out
 
 
+def _provenance(parts: dict[str, pd.DataFrame], extract_dirs, command: str | None, seed: int,
+                max_flows_per_file: int | None, max_flows: int | None, split: str) -> dict:
+    """What the artifact records about its data, for either level."""
+    files = {name: sorted(parts[name]["source_file"].unique().tolist())
+             for name in ("train", "val", "calib")}
+    return {
+        "command": command or " ".join(sys.argv),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "extract_dirs": [str(d) for d in extract_dirs],
+        "data_files": {name: _file_hashes(f) for name, f in files.items()},
+        "anomalous_files_for_report_only": sorted(
+            parts["anomalous"]["source_file"].unique().tolist()),
+        "seed": seed, "max_flows_per_file": max_flows_per_file,
+        "max_flows": max_flows, "split": split,
+        "parts": {name: {"flows": int(len(parts[name])),
+                         "ts_min": _ts(parts[name], "min"),
+                         "ts_max": _ts(parts[name], "max")}
+                  for name in ("train", "val", "calib")},
+        "versions": _versions(), "git_commit": _git_commit(),
+    }
+
+
 def flow_scores(det: SemiFlowDetector, part: Part, how: str) -> np.ndarray:
     """Per-flow scores (NaN for flows without a sample) of one part."""
     if len(part.X) == 0:
@@ -206,11 +230,29 @@ def train(extract_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
           resume: bool = False, max_flows_per_file: int | None = None, aggregate: str = "max",
           amp: str = "bf16", progress: bool = False, log: Callable[[str], None] = print,
           command: str | None = None, score: str = "classifier",
-          max_flows: int | None = DEFAULT_MAX_FLOWS, split: str = "auto") -> dict:
-    """Fit SemiFlow on the normal flows, calibrate the threshold, write the artifact."""
+          max_flows: int | None = DEFAULT_MAX_FLOWS, split: str = "auto",
+          level: str = "flow") -> dict:
+    """Fit SemiFlow on the normal flows, calibrate the threshold, write the artifact.
+
+    level "flow" (default): flow-level SemiFlow on whole flow samples (training/train_flow.py;
+    config, amp, score, aggregate and resume apply to the packet level only); "packet": the
+    method's packet-level model scored per packet and aggregated per flow."""
     started = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
+    if level == "flow":
+        parts, stores = normal_parts(extract_dirs, max_flows, seed, log, max_flows_per_file,
+                                     split)
+        log(f"labelled anomalous flows: {len(parts['anomalous'])} -- used ONLY for the "
+            "validation report, never for fitting or early stopping")
+        prov = _provenance(parts, extract_dirs, command, seed, max_flows_per_file, max_flows,
+                           split)
+        metrics = train_flow(parts, stores, out, epochs=epochs, device=device, seed=seed,
+                             target_fpr=target_fpr, log=log, provenance=prov)
+        return {"out": str(out), "seconds": round(time.perf_counter() - started, 2),
+                **{k: v for k, v in metrics.items() if k != "history"}}
     parts, stores = load_parts(extract_dirs, max_flows_per_file, seed, log, max_flows, split)
     where = ["_store", "row"]
     calib_is_val = parts["calib"].flows[where].equals(parts["val"].flows[where])
@@ -260,24 +302,13 @@ def train(extract_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
             f"{report['auroc_flows']:.4f} held-out normal vs anomalous; at the threshold "
             f"TPR {report['tpr']:.4f}, FPR {report['fpr']:.4f}; "
             f"{report['n_anomalous_unscored']} anomalous flows unscored (no payload)")
-    files = {name: sorted(parts[name].flows["source_file"].unique().tolist())
-             for name in ("train", "val", "calib")}
     provenance = {
-        "command": command or " ".join(sys.argv),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "extract_dirs": [str(d) for d in extract_dirs],
-        "data_files": {name: _file_hashes(f) for name, f in files.items()},
-        "anomalous_files_for_report_only": sorted(
-            parts["anomalous"].flows["source_file"].unique().tolist()),
-        "seed": seed, "score": score, "max_flows_per_file": max_flows_per_file,
-        "max_flows": max_flows, "split": split,
-        "parts": {name: {"flows": int(len(parts[name].flows)),
-                         "ts_min": _ts(parts[name].flows, "min"),
-                         "ts_max": _ts(parts[name].flows, "max")}
-                  for name in ("train", "val", "calib")},
+        **_provenance({k: v.flows for k, v in parts.items()}, extract_dirs, command, seed,
+                      max_flows_per_file, max_flows, split),
+        "level": "packet", "score": score,
         "device": str(det.device_),
         "amp": amp if det.device_.type == "cuda" else "off",
-        "versions": _versions(), "git_commit": _git_commit(), "metrics": metrics,
+        "metrics": metrics,
     }
     flow_nll = score == "flow-nll"
     save_artifact(out, det.encoder_, det.classifier_, det.config_, spec, threshold, aggregate,

@@ -27,8 +27,10 @@ export {
 	## Bytes of each frame shipped (link-layer header included); 0 = whole frame.
 	## l + 64 keeps every sample byte for link + IP + TCP headers up to 184 bytes.
 	const snaplen: count = 1664 &redef;
-	## Ship every packet (spec selection "all") instead of those carrying payload.
-	const select_all: bool = F &redef;
+	## Ship every packet (spec selection "all", the default: the flow-level model
+	## judges handshakes, scans and floods too); F ships payload-carrying packets
+	## only, for packet-level models trained with selection "payload".
+	const select_all: bool = T &redef;
 
 	## Topic prefix requests are published to (trailing slash; the detector
 	## subscribes to it, or to request_topic + "<shard>/").
