@@ -206,8 +206,8 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"registry names and/or kitsune, comma-separated "
                         f"(default {DEFAULT_DETECTORS})")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated (default 0,1,2)")
-    p.add_argument("--select", choices=["payload", "all"], default="payload",
-                   help="packets in a flow sample (flow-sample spec; default payload)")
+    p.add_argument("--select", choices=["payload", "all"], default="all",
+                   help="packets in a flow sample (flow-sample spec; default all, as the product)")
     p.add_argument("--k", type=int, default=8, help="packets per flow sample (default 8)")
     p.add_argument("--l", "--bytes", dest="l", type=int, default=1600,
                    help="bytes per packet row (the spec's l: every detector, SemiFlow "

@@ -35,7 +35,7 @@ def train_small_model(corpus_dir: Path, out: Path, k: int = 4, l: int = 256) -> 
     from semiflow.plugin.capture import FlowTable, ScanReport, scan_capture
 
     torch.set_num_threads(1)
-    spec = FlowSampleSpec(k=k, l=l)
+    spec = FlowSampleSpec(k=k, l=l, selection="payload")   # a packet-level model
     rows = []
     for rel in TRAIN:
         for b in scan_capture(corpus_dir / "pcaps" / rel, FlowTable(spec), ScanReport()):
