@@ -45,15 +45,17 @@ def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def flow_store(run: Path, work: Path, select: str, k: int, l: int) -> Path:
+def flow_store(run: Path, work: Path, select: str, k: int, l: int,
+               mask: tuple[str, ...] = ("addresses",)) -> Path:
     """The run's extraction for this spec, made once and reused."""
     from semiflow.detector.spec import FlowSampleSpec
     from semiflow.plugin.flowstore import FlowStore
     from semiflow.training.extract import extract
     from semiflow.training.labels import ConnLogLabels
 
-    spec = FlowSampleSpec(k=k, l=l, selection=select)
-    out = work / f"{run.resolve().name}-{select}-k{k}-l{l}.flows"
+    spec = FlowSampleSpec(k=k, l=l, selection=select, mask=mask)
+    tag = "" if spec.mask == ("addresses",) else "-mask_" + "_".join(spec.mask)
+    out = work / f"{run.resolve().name}-{select}-k{k}-l{l}{tag}.flows"
     if (out / "flows.parquet").exists():
         if FlowStore.open(out).spec == spec:
             say(f"reusing {out}")
@@ -209,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--select", choices=["payload", "all"], default="all",
                    help="packets in a flow sample (flow-sample spec; default all, as the product)")
     p.add_argument("--k", type=int, default=8, help="packets per flow sample (default 8)")
+    p.add_argument("--mask", default="addresses",
+                   help="header fields zeroed in every sample (default addresses; e.g. "
+                        "addresses,ttl,ip_id,checksums to show no detector leans on them)")
     p.add_argument("--l", "--bytes", dest="l", type=int, default=1600,
                    help="bytes per packet row (the spec's l: every detector, SemiFlow "
                         "included, sees these rows; 256 is much faster; default 1600)")
@@ -253,8 +258,10 @@ def run(a: argparse.Namespace) -> int:
         say("*** SMOKE TEST (--time-split-test): train and test come from ONE run; the test "
             "part overlaps val/calib. Not a result. ***")
     a.work.mkdir(parents=True, exist_ok=True)
-    tr_dir = flow_store(a.train, a.work, a.select, a.k, a.l)
-    te_dir = tr_dir if a.time_split_test else flow_store(a.test, a.work, a.select, a.k, a.l)
+    mask = tuple(m for m in a.mask.split(",") if m)
+    tr_dir = flow_store(a.train, a.work, a.select, a.k, a.l, mask)
+    te_dir = tr_dir if a.time_split_test else flow_store(a.test, a.work, a.select, a.k, a.l,
+                                                         mask)
     parts, st = normal_parts([tr_dir], max_flows=a.cap_train, log=say)
     for k in ("train", "val", "calib"):
         say(f"benign {k}: {len(parts[k])} flows, start times {parts[k]['ts'].min():.1f} .. "
