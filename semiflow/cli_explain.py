@@ -113,15 +113,20 @@ def run(args: argparse.Namespace) -> int:
         for b in e.top_bytes(args.top):
             print(f"    offset {b['offset']:>4}  {b['field']:<22} 0x{b['value']:02x}  "
                   f"{b['attribution']:+.4f}")
-        if e.nearest:
-            print("  nearest normal packets (encoder space):")
-            for nn in e.nearest:
-                print(f"    {nn['uid']} ({nn['source_file']}) distance {nn['distance']:.3f}")
-        elif not args.normal:
-            print("  nearest normal examples: skipped (the artifact holds no training data; "
-                  "pass --normal EXTRACT)")
-        print(f"  heat map: {png}")
+        _print_nearest(e, args, png, "packets (encoder space)")
     return 0
+
+
+def _print_nearest(e, args: argparse.Namespace, png: str, what: str) -> None:
+    """The nearest normal examples (or why there are none) and where the heat map went."""
+    if e.nearest:
+        print(f"  nearest normal {what}:")
+        for nn in e.nearest:
+            print(f"    {nn['uid']} ({nn['source_file']}) distance {nn['distance']:.3f}")
+    elif not args.normal:
+        print("  nearest normal examples: skipped (the artifact holds no training data; "
+              "pass --normal EXTRACT)")
+    print(f"  heat map: {png}")
 
 
 def _print_flow_level(e, args: argparse.Namespace, png: str, threshold: float) -> None:
@@ -143,11 +148,4 @@ def _print_flow_level(e, args: argparse.Namespace, png: str, threshold: float) -
     for b in e.top_bytes(args.top):
         print(f"    pkt {b['packet'] + 1} offset {b['offset']:>4}  {b['field']:<22} "
               f"0x{b['value']:02x}  {b['attribution']:+.4f}")
-    if e.nearest:
-        print("  nearest normal flows (flow latent):")
-        for nn in e.nearest:
-            print(f"    {nn['uid']} ({nn['source_file']}) distance {nn['distance']:.3f}")
-    elif not args.normal:
-        print("  nearest normal examples: skipped (the artifact holds no training data; "
-              "pass --normal EXTRACT)")
-    print(f"  heat map: {png}")
+    _print_nearest(e, args, png, "flows (flow latent)")

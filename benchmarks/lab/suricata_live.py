@@ -67,19 +67,20 @@ class SuricataLive:
             start_new_session=True)
 
     def stop(self) -> None:
-        if self.connector is not None and self.connector.poll() is None:
-            os.killpg(self.connector.pid, signal.SIGTERM)
-            try:
-                self.connector.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.connector.pid, signal.SIGKILL)
-                self.connector.wait()
-        if self.suricata is not None and self.suricata.poll() is None:
-            os.killpg(self.suricata.pid, signal.SIGTERM)
-            try:
-                self.suricata.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.suricata.pid, signal.SIGKILL)
+        # The connector first: on SIGTERM it finishes its open flows and the dataset loop.
+        _terminate(self.connector, 120)
+        _terminate(self.suricata, 60)
+
+
+def _terminate(proc: subprocess.Popen | None, timeout: float) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def _eve(path: Path, event_type: str) -> list[dict]:
