@@ -34,7 +34,9 @@ class SuricataLive:
     """Suricata in the switch namespace on br0, semiflow following its pcap-log and eve.json."""
 
     def __init__(self, topo: Topology, out: Path, model: Path, flag: str = "src"):
-        self.topo, self.dir, self.model, self.flag = topo, out / "suricata", model, flag
+        # Absolute: Suricata puts a relative socket path under its own run directory.
+        self.topo, self.dir, self.flag = topo, (out / "suricata").resolve(), flag
+        self.model = model.resolve()
         self.sock = self.dir / "command.socket"
         self.suricata: subprocess.Popen | None = None
         self.connector: subprocess.Popen | None = None
