@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 PROTOCOL_VERSION = "0.2"
@@ -87,6 +87,7 @@ class DatasetCounters:
     rate_limited: int = 0    # flags not sent this second (--rate); retried while flagged
     socket_errors: int = 0   # socket gone or unreachable; the work is kept and retried
     refused: int = 0         # Suricata answered NOK (e.g. unknown dataset)
+    below_min: int = 0       # flags of hosts not yet at --min-flags within --flag-window
     last_error: str = ""
     errors: list[str] = field(default_factory=list)
 
@@ -96,11 +97,20 @@ class DatasetFeeder:
 
     add() queues a host; pump() sends what the rate limit allows (at most `rate` dataset-add
     commands per second) and removes entries whose ttl ran out. Pending work survives a
-    missing socket (counted) and is sent when it comes back.
+    missing socket (counted) and is sent when it comes back. A host is listed only once it was
+    flagged `min_flags` times within `window` seconds: the rule alerts on ALL of a listed
+    host's traffic for `ttl`, so one false-positive flow must not turn a busy benign host into
+    thousands of alerts (measured in the lab: docs/lab.md).
     """
 
     def __init__(self, client: SuricataSocket, dataset: str, settype: str = "ip",
-                 ttl: float = 3600.0, rate: float = 10.0, clock=time.time):
+                 ttl: float = 3600.0, rate: float = 10.0, clock=time.time,
+                 min_flags: int = 1, window: float = 300.0):
+        if min_flags < 1:
+            raise ValueError("min_flags must be >= 1")
+        self.min_flags = min_flags
+        self.window = window
+        self.recent: dict[str, deque] = {}   # host -> times of its flags, not yet listed
         self.client = client
         self.dataset = dataset
         self.settype = settype
@@ -118,9 +128,22 @@ class DatasetFeeder:
             self.active[host] = self.clock() + self.ttl
             self.active.move_to_end(host)
             self.counters.refreshed += 1
-        else:
-            self.to_remove.pop(host, None)
-            self.queued[host] = None
+            return
+        if self.min_flags > 1 and host not in self.queued:
+            now = self.clock()
+            times = self.recent.setdefault(host, deque())
+            times.append(now)
+            while times and now - times[0] > self.window:
+                times.popleft()
+            if len(times) < self.min_flags:
+                self.counters.below_min += 1
+                if len(self.recent) > 100_000:   # bounded: forget the stalest hosts
+                    for h in list(self.recent)[:10_000]:
+                        del self.recent[h]
+                return
+            del self.recent[host]
+        self.to_remove.pop(host, None)
+        self.queued[host] = None
 
     def _send(self, command: str, host: str) -> bool:
         try:

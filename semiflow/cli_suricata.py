@@ -48,6 +48,12 @@ def register(sub) -> None:
                    help="seconds a host stays in the dataset after its last flag (default 3600)")
     p.add_argument("--rate", type=float, default=10.0, metavar="N",
                    help="at most N dataset-add commands per second (default 10)")
+    p.add_argument("--min-flags", type=int, default=1, metavar="N",
+                   help="add a host to the dataset only after N anomalous flows within "
+                        "--flag-window (default 1; the rule then alerts on all its traffic "
+                        "for --ttl, so N > 1 keeps one false positive from flooding alerts)")
+    p.add_argument("--flag-window", type=float, default=300.0, metavar="S",
+                   help="seconds in which --min-flags flags must fall (default 300)")
     p.add_argument("--threshold", type=float, default=None,
                    help="override the model's alert threshold")
     p.add_argument("--join-wait", type=float, default=None, metavar="S",
@@ -82,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     feeder = None
     if args.socket:
         feeder = DatasetFeeder(SuricataSocket(args.socket), args.dataset, args.dataset_type,
-                               ttl=args.ttl, rate=args.rate)
+                               ttl=args.ttl, rate=args.rate, min_flags=args.min_flags,
+                               window=args.flag_window)
     join_wait = args.join_wait if args.join_wait is not None else (60.0 if args.follow else 0.0)
     conn = SuricataConnector(scorer, args.pcap_dir, args.eve, out, state_path=state,
                              feeder=feeder, flag=args.flag, join_wait=join_wait,
@@ -138,6 +145,7 @@ def _summary(rep: dict, out: Path, file) -> None:
         d = rep["dataset"]
         print(f"dataset: {d['added']} added, {d['removed']} removed, {d['refreshed']} "
               f"refreshed, {d['rate_limited']} rate-limited, {d['socket_errors']} socket "
-              f"errors, {d['refused']} refused", file=file)
+              f"errors, {d['refused']} refused, {d.get('below_min', 0)} flags below "
+              "--min-flags", file=file)
     for line in rep["problems"]:
         print(f"  note: {line}", file=file)

@@ -49,7 +49,7 @@ def _on_signal(signum, _frame):
 
 def run(scenario: str, out: Path, seed: int, minutes: float, clients: int,
         phases: list[str] | None = None, suricata_model: Path | None = None,
-        log=print) -> dict:
+        min_flags: int = 1, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="sflab-"))
     work.chmod(0o755)
@@ -74,7 +74,8 @@ def run(scenario: str, out: Path, seed: int, minutes: float, clients: int,
             time.sleep(1.5)
             live = None
             if suricata_model is not None:
-                live = SuricataLive(topo, out, suricata_model)
+                live = SuricataLive(topo, out, suricata_model, min_flags=min_flags)
+                info["suricata_min_flags"] = min_flags
                 live.start()
                 log("lab: suricata on br0 with semiflow suricata --follow")
             client_names = [h for h, v in topo.hosts.items() if v.role == "client"
@@ -151,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--suricata-model", type=Path, default=None, metavar="MODEL_DIR",
                     help="also run Suricata 7 on the bridge with `semiflow suricata --follow` "
                          "and the dataset closed loop, scoring with this model")
+    ap.add_argument("--min-flags", type=int, default=1,
+                    help="with --suricata-model: semiflow suricata --min-flags (default 1)")
     ap.add_argument("--phases", default=None,
                     help="comma-separated attack phases (default: every family)")
     args = ap.parse_args(argv)
@@ -160,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     phases = args.phases.split(",") if args.phases else None
     try:
         info = run(args.scenario, args.out, args.seed, args.minutes, args.clients, phases,
-                   args.suricata_model)
+                   args.suricata_model, args.min_flags)
     except KeyboardInterrupt as e:
         print(f"lab: interrupted ({e}); namespaces torn down", file=sys.stderr)
         return 130

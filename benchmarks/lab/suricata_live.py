@@ -33,7 +33,9 @@ def semiflow_cli() -> list[str]:
 class SuricataLive:
     """Suricata in the switch namespace on br0, semiflow following its pcap-log and eve.json."""
 
-    def __init__(self, topo: Topology, out: Path, model: Path, flag: str = "src"):
+    def __init__(self, topo: Topology, out: Path, model: Path, flag: str = "src",
+                 min_flags: int = 1):
+        self.min_flags = min_flags
         # Absolute: Suricata puts a relative socket path under its own run directory.
         self.topo, self.dir, self.flag = topo, (out / "suricata").resolve(), flag
         self.model = model.resolve()
@@ -63,6 +65,7 @@ class SuricataLive:
             [*semiflow_cli(), "suricata", "--pcap-dir", str(self.dir), "--eve",
              str(self.dir / "eve.json"), "--follow", "--socket", str(self.sock),
              "--model", str(self.model), "--flag", self.flag, "--ttl", "3600", "--rate", "50",
+             "--min-flags", str(self.min_flags), "--flag-window", "300",
              "--join-wait", "20", "--no-state", "--report",
              str(self.dir / "semiflow-report.json"), "--device", "cpu"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
