@@ -49,7 +49,7 @@ def _on_signal(signum, _frame):
 
 def run(scenario: str, out: Path, seed: int, minutes: float, clients: int,
         phases: list[str] | None = None, suricata_model: Path | None = None,
-        min_flags: int = 1, log=print) -> dict:
+        min_flags: int = 1, flag_window: float = 300.0, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="sflab-"))
     work.chmod(0o755)
@@ -74,8 +74,9 @@ def run(scenario: str, out: Path, seed: int, minutes: float, clients: int,
             time.sleep(1.5)
             live = None
             if suricata_model is not None:
-                live = SuricataLive(topo, out, suricata_model, min_flags=min_flags)
-                info["suricata_min_flags"] = min_flags
+                live = SuricataLive(topo, out, suricata_model, min_flags=min_flags,
+                                    flag_window=flag_window)
+                info["suricata_gate"] = {"min_flags": min_flags, "flag_window": flag_window}
                 live.start()
                 log("lab: suricata on br0 with semiflow suricata --follow")
             client_names = [h for h, v in topo.hosts.items() if v.role == "client"
@@ -154,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
                          "and the dataset closed loop, scoring with this model")
     ap.add_argument("--min-flags", type=int, default=1,
                     help="with --suricata-model: semiflow suricata --min-flags (default 1)")
+    ap.add_argument("--flag-window", type=float, default=300.0,
+                    help="with --suricata-model: semiflow suricata --flag-window (default 300)")
     ap.add_argument("--phases", default=None,
                     help="comma-separated attack phases (default: every family)")
     args = ap.parse_args(argv)
@@ -163,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     phases = args.phases.split(",") if args.phases else None
     try:
         info = run(args.scenario, args.out, args.seed, args.minutes, args.clients, phases,
-                   args.suricata_model, args.min_flags)
+                   args.suricata_model, args.min_flags, args.flag_window)
     except KeyboardInterrupt as e:
         print(f"lab: interrupted ({e}); namespaces torn down", file=sys.stderr)
         return 130

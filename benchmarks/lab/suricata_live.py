@@ -34,8 +34,8 @@ class SuricataLive:
     """Suricata in the switch namespace on br0, semiflow following its pcap-log and eve.json."""
 
     def __init__(self, topo: Topology, out: Path, model: Path, flag: str = "src",
-                 min_flags: int = 1):
-        self.min_flags = min_flags
+                 min_flags: int = 1, flag_window: float = 300.0):
+        self.min_flags, self.flag_window = min_flags, flag_window
         # Absolute: Suricata puts a relative socket path under its own run directory.
         self.topo, self.dir, self.flag = topo, (out / "suricata").resolve(), flag
         self.model = model.resolve()
@@ -65,7 +65,7 @@ class SuricataLive:
             [*semiflow_cli(), "suricata", "--pcap-dir", str(self.dir), "--eve",
              str(self.dir / "eve.json"), "--follow", "--socket", str(self.sock),
              "--model", str(self.model), "--flag", self.flag, "--ttl", "3600", "--rate", "50",
-             "--min-flags", str(self.min_flags), "--flag-window", "300",
+             "--min-flags", str(self.min_flags), "--flag-window", str(self.flag_window),
              "--join-wait", "20", "--no-state", "--report",
              str(self.dir / "semiflow-report.json"), "--device", "cpu"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
