@@ -10,6 +10,8 @@ the decoder, "nll" the flow.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -59,14 +61,9 @@ def detector_from_tensors(cfg: FlowNetConfig, score: str, stats: dict,
     det = FlowSemiFlowDetector(cfg, score=score, device=str(device))
     det.config_, det.device_ = cfg, torch.device(device)
     mods = flow_modules(cfg)
+    from .artifact import _load_into  # lazy: artifact.py imports this module lazily too
     for prefix, mod in mods.items():
-        sd = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
-        try:
-            mod.load_state_dict(sd, strict=True)
-        except RuntimeError as e:
-            first = str(e).splitlines()[0] if str(e) else "mismatch"
-            raise ValueError(f"model artifact: {wname} does not fit the {prefix} its config "
-                             f"describes ({first})") from e
+        _load_into(mod, tensors, prefix, Path(wname))
         mod.to(det.device_).eval()
     det.encoder_, det.decoder_, det.flow_ = mods["encoder"], mods["decoder"], mods["flow"]
     det.classifier_ = None
