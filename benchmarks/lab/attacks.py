@@ -47,6 +47,8 @@ def wordlists(run: Path) -> None:
     pw.insert(len(pw) - 10, LAB_PASSWORD)
     (run / "passwords.txt").write_text("\n".join(pw) + "\n")
     (run / "passwords-short.txt").write_text("\n".join([*pw[:40], LAB_PASSWORD]) + "\n")
+    # CI/sample: few guesses, so hydra finds the password well inside its limit on a busy box
+    (run / "passwords-tiny.txt").write_text("\n".join([*pw[:12], LAB_PASSWORD]) + "\n")
     (run / "users.txt").write_text("\n".join(["admin", "root", "ftp", "test", "guest",
                                               LAB_USER]) + "\n")
 
@@ -66,8 +68,8 @@ def phases(run: Path, small: bool = False) -> dict[str, Phase]:
         Phase("syn_flood", "hping3", "attacker2", f"{WEB}:80",
               f"hping3 -q -S -p 80 -i u2000 -c {500 if small else 3000} {WEB}", 60, [A2]),
         Phase("ssh_bruteforce", "hydra", "attacker1", f"{FILES}:22",
-              f"hydra -l {LAB_USER} -P {run}/passwords{'-short' if small else ''}.txt "
-              f"-t 4 -f -I -q ssh://{FILES}", 60 if small else 150, [A1]),
+              f"hydra -l {LAB_USER} -P {run}/passwords{'-tiny' if small else ''}.txt "
+              f"-t 4 -f -I -q ssh://{FILES}", 90 if small else 150, [A1]),
         Phase("ftp_bruteforce", "hydra", "attacker2", f"{FILES}:21",
               f"hydra -L {run}/users.txt -P {run}/passwords-short.txt -t 4 -f -I -q "
               f"ftp://{FILES}", 120, [A2]),
