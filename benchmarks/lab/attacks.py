@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .services import HERE, LAB_PASSWORD, LAB_USER, PY, TUNNEL_DOMAIN, ip_of
-from .topology import Topology
+from .topology import Topology, terminate
 
 WEB, FILES = ip_of("web"), ip_of("files")
 A1, A2 = ip_of("attacker1"), ip_of("attacker2")
@@ -34,7 +34,6 @@ class Phase:
     hosts: list[str] = field(default_factory=list)    # attacker addresses this phase uses
     setup: list[tuple[str, list[str]]] = field(default_factory=list)  # (ns, argv) daemons
     ready: str | None = None       # bash test (in `attacker`) that must pass before command
-    expect_rc: tuple[int, ...] = (0,)
 
 
 def wordlists(run: Path) -> None:
@@ -121,9 +120,7 @@ def run_phase(topo: Topology, p: Phase, log_dir: Path) -> dict:
     """Runs one phase; returns its ledger entry (also when it could not run)."""
     entry = {"phase": p.family, "tool": p.tool, "attacker": topo.hosts[p.attacker].ip,
              "attacker_hosts": p.hosts, "target": p.target, "command": p.command}
-    binary = shlex.split(p.command.split(";")[0].split("&&")[0])
-    tool_bin = next((w for w in binary if "=" not in w), p.tool)
-    if shutil.which(p.tool) is None and shutil.which(tool_bin) is None:
+    if shutil.which(p.tool) is None:
         entry.update(status="not run", reason=f"{p.tool} is not installed")
         return entry
     daemons = []
@@ -132,15 +129,14 @@ def run_phase(topo: Topology, p: Phase, log_dir: Path) -> dict:
         daemons.append(topo.spawn(ns, argv, log=str(log_dir / f"{p.family}-setup.log")))
         time.sleep(1.0)
     if p.ready:
-        deadline = time.time() + 45
-        while time.time() < deadline:
-            if topo.run(p.attacker, ["bash", "-c", p.ready], timeout=15).returncode == 0:
-                break
-            if any(d.poll() is not None for d in daemons):
+        ready, deadline = False, time.time() + 45
+        while not ready and time.time() < deadline:
+            ready = topo.run(p.attacker, ["bash", "-c", p.ready], timeout=15).returncode == 0
+            if ready or any(d.poll() is not None for d in daemons):
                 break
             time.sleep(1.0)
-        if topo.run(p.attacker, ["bash", "-c", p.ready], timeout=15).returncode != 0:
-            _stop(daemons)
+        if not ready:
+            terminate(daemons)
             setup_log = log_dir / f"{p.family}-setup.log"
             entry.update(end=time.time(), status="not run",
                          reason=f"setup never became ready ({setup_log.name}): "
@@ -154,28 +150,12 @@ def run_phase(topo: Topology, p: Phase, log_dir: Path) -> dict:
     except subprocess.TimeoutExpired:
         rc, out = 124, ""
     entry["end"] = time.time()
-    _stop(daemons)
+    terminate(daemons)
     (log_dir / f"{p.family}.log").write_text(out)
     entry["exit_status"] = rc
-    entry["status"] = "ran" if rc in (0, *p.expect_rc) else \
+    entry["status"] = "ran" if rc == 0 else \
         ("stopped at its time limit" if rc == 124 else f"ran, exit status {rc}")
     return entry
-
-
-def _stop(daemons: list[subprocess.Popen]) -> None:
-    import os
-    import signal
-    for d in daemons:
-        if d.poll() is None:
-            try:
-                os.killpg(d.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-    for d in daemons:
-        try:
-            d.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(d.pid, signal.SIGKILL)
 
 
 def _tail(path: Path, n: int = 300) -> str:

@@ -40,7 +40,7 @@ def family_of(ts: float, addrs: set[str], ledger: list[dict]) -> str:
     return best["phase"] if best else "attacker_other"
 
 
-def label_capture(pcap: str | Path, ledger: list[dict], attackers: set[str],
+def label_capture(pcap: str | Path, ledger: list[dict], attackers: frozenset[str] | set[str],
                   out: str | Path) -> Counter:
     """Writes the labelled conn.log; returns flows per (label, family)."""
     flows = sorted(flow_records(pcap), key=lambda f: f["first"])
@@ -71,13 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
 
-    from .services import ATTACKERS
+    from .services import ATTACKER_IPS
     ap = argparse.ArgumentParser(description="relabel lab runs in place")
     ap.add_argument("runs", nargs="+", type=Path)
     args = ap.parse_args(argv)
     for run in args.runs:
         ledger = json.loads((run / "ledger.json").read_text())
-        counts = label_capture(run / "capture.pcap", ledger, {h.ip for h in ATTACKERS},
+        counts = label_capture(run / "capture.pcap", ledger, ATTACKER_IPS,
                                run / "labels.conn.log")
         info = json.loads((run / "run.json").read_text())
         info["flows"] = {f"{lab}/{fam}": n for (lab, fam), n in sorted(counts.items())}

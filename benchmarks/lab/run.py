@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import sys
 import tempfile
@@ -53,8 +54,7 @@ def run(scenario: str, out: Path, seed: int, minutes: float, clients: int,
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="sflab-"))
     work.chmod(0o755)
-    n_clients = clients
-    topo = Topology(services.hosts(n_clients))
+    topo = Topology(services.hosts(clients))
     created_user = False
     ledger: list[dict] = []
     t0 = time.time()
@@ -115,7 +115,8 @@ def run(scenario: str, out: Path, seed: int, minutes: float, clients: int,
             if live is not None:
                 time.sleep(25.0)  # let the connector's join wait and the dataset loop settle
                 live.stop()
-            os.kill(cap.pid, signal.SIGINT) if cap.poll() is None else None
+            if cap.poll() is None:
+                os.kill(cap.pid, signal.SIGINT)   # tcpdump flushes and closes the file
             cap.wait(timeout=10)
     finally:
         for s, h in old.items():
@@ -123,7 +124,7 @@ def run(scenario: str, out: Path, seed: int, minutes: float, clients: int,
         if created_user:
             services.remove_user()
     info["duration_s"] = round(time.time() - t0, 1)
-    attackers = {services.ip_of("attacker1"), services.ip_of("attacker2")}
+    attackers = services.ATTACKER_IPS
     counts = label_capture(out / "capture.pcap", ledger, attackers, out / "labels.conn.log")
     info["flows"] = {f"{lab}/{fam}": n for (lab, fam), n in sorted(counts.items())}
     info["capture_sha256"] = _sha256(out / "capture.pcap")
@@ -138,7 +139,6 @@ def run(scenario: str, out: Path, seed: int, minutes: float, clients: int,
     logs.mkdir(exist_ok=True)
     for f in (work / "logs").glob("*.log"):
         (logs / f.name).write_bytes(f.read_bytes()[-200_000:])
-    import shutil
     shutil.rmtree(work, ignore_errors=True)
     return info
 

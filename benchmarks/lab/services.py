@@ -23,6 +23,7 @@ SERVERS = [Host("web", "10.77.0.10", "server"), Host("files", "10.77.0.11", "ser
            Host("auth", "10.77.0.54", "server")]
 ATTACKERS = [Host("attacker1", "10.77.66.1", "attacker"),
              Host("attacker2", "10.77.66.2", "attacker")]
+ATTACKER_IPS = frozenset(h.ip for h in ATTACKERS)   # the label rule's attacker addresses
 NAMES = [f"host-{i:03d}" for i in range(300)] + [
     "www", "files", "mail", "mqtt", "redis", "snmp", "ntp", "ns", "shop", "intranet", "wiki"]
 

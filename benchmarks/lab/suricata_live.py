@@ -9,15 +9,13 @@ The lab drives the product only through its command line (it never imports the d
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import time
 from datetime import datetime
 from pathlib import Path
 
-from .topology import Topology
+from .topology import Topology, terminate
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "suricata" / "semiflow.yaml"
@@ -73,19 +71,8 @@ class SuricataLive:
 
     def stop(self) -> None:
         # The connector first: on SIGTERM it finishes its open flows and the dataset loop.
-        _terminate(self.connector, 120)
-        _terminate(self.suricata, 60)
-
-
-def _terminate(proc: subprocess.Popen | None, timeout: float) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        terminate([p for p in (self.connector,) if p is not None], 120)
+        terminate([p for p in (self.suricata,) if p is not None], 60)
 
 
 def _eve(path: Path, event_type: str) -> list[dict]:

@@ -95,22 +95,7 @@ class Topology:
         time.sleep(0.5)
 
     def stop_procs(self) -> None:
-        for p in reversed(self.procs):
-            if p.poll() is None:
-                try:
-                    os.killpg(p.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        deadline = time.time() + 5
-        for p in self.procs:
-            try:
-                p.wait(timeout=max(0.1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                p.wait()
+        terminate(list(reversed(self.procs)))
         self.procs.clear()
 
     def close(self) -> None:
@@ -136,6 +121,27 @@ class Topology:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def terminate(procs: list[subprocess.Popen], timeout: float = 5.0) -> None:
+    """SIGTERM each process group (in the order given), then SIGKILL what is still running
+    after `timeout` seconds in all."""
+    for p in procs:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.time() + timeout
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
 
 
 def leftover_namespaces(prefix: str = "sfl") -> list[str]:

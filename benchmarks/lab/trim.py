@@ -16,7 +16,7 @@ from pathlib import Path
 import dpkt
 
 from .label import label_capture
-from .services import ip_of
+from .services import ATTACKER_IPS
 
 
 def trim_capture(src: Path, dst: Path, packets: int) -> tuple[int, int]:
@@ -58,8 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     n_in, n_out = trim_capture(args.run / "capture.pcap", args.out / "capture.pcap", args.packets)
     ledger = json.loads((args.run / "ledger.json").read_text())
-    attackers = {ip_of("attacker1"), ip_of("attacker2")}
-    counts = label_capture(args.out / "capture.pcap", ledger, attackers,
+    counts = label_capture(args.out / "capture.pcap", ledger, ATTACKER_IPS,
                            args.out / "labels.conn.log")
     for f in ("ledger.json", "versions.json"):
         shutil.copy(args.run / f, args.out / f)
