@@ -99,3 +99,16 @@ def budget_flows(flows: pd.DataFrame, max_flows: int | None, group: str = "sourc
         if take:
             keep[idx[np.floor(np.linspace(0, len(idx) - 1, take) + 0.5).astype(np.int64)]] = True
     return keep
+
+
+def flow_matrix(stores: list[FlowStore], store_of: np.ndarray, rows: np.ndarray, k: int,
+                l: int) -> np.ndarray:
+    """uint8[len(rows), k, l] samples of flows given by (store index, row in that store), in
+    order; read in chunks and cut to k x l as they come, so memory stays len(rows) * k * l."""
+    X = np.zeros((len(rows), k, l), np.uint8)
+    for s, store in enumerate(stores):
+        mine = np.flatnonzero(store_of == s)
+        for a in range(0, len(mine), 2048):
+            part = mine[a:a + 2048]
+            X[part] = store.samples.rows(rows[part])[:, :k, :l]
+    return X

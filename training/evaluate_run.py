@@ -19,6 +19,7 @@ import pandas as pd
 from semiflow.detector.aggregate import aggregate_flow_scores
 from semiflow.detector.registry import EMBEDDERS, detector_class, make_detector
 
+from .dataset import flow_matrix
 from .evaluate import (
     FlowData,
     Split,
@@ -44,15 +45,13 @@ def flow_samples(data: FlowData, idx: np.ndarray, k: int | None = None, l: int |
     idx = np.asarray(idx, dtype=np.int64)
     K, L = data.stores[0].samples.shape[1:]
     k, l = min(k or K, K), min(l or L, L)
-    X = np.zeros((len(idx), k, l), np.uint8)
+    sub = data.flows.iloc[idx]
+    X = flow_matrix(data.stores, sub["_store"].to_numpy(), sub["_row"].to_numpy(), k, l)
     has = np.zeros(len(idx), bool)
     n_pk = 0
-    sub = data.flows.iloc[idx]
     for s, store in enumerate(data.stores):
         mine = np.flatnonzero(sub["_store"].to_numpy() == s)
         rows = sub["_row"].to_numpy()[mine]
-        for a in range(0, len(mine), 2048):
-            X[mine[a:a + 2048]] = store.samples.rows(rows[a:a + 2048])[:, :k, :l]
         filled = np.asarray(store.samples.offs[rows, :k]) >= 0
         has[mine] = filled.any(1)
         n_pk += int(filled.sum())

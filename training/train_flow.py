@@ -23,18 +23,7 @@ from semiflow.detector.semiflow_inference import auroc as _auroc
 from semiflow.detector.threshold import calibrate_threshold, rates_at
 from semiflow.plugin.flowstore import FlowStore
 
-
-def flow_matrix(stores: list[FlowStore], flows: pd.DataFrame, k: int, l: int) -> np.ndarray:
-    """uint8[len(flows), k, l] samples of the flows (columns _store, row), in order, read in
-    chunks and cut as they come so memory stays len(flows) * k * l."""
-    X = np.zeros((len(flows), k, l), np.uint8)
-    st, rows = flows["_store"].to_numpy(), flows["row"].to_numpy()
-    for s, store in enumerate(stores):
-        mine = np.flatnonzero(st == s)
-        for a in range(0, len(mine), 2048):
-            part = mine[a:a + 2048]
-            X[part] = store.samples.rows(rows[part])[:, :k, :l]
-    return X
+from .dataset import flow_matrix
 
 
 def train_flow(parts: dict[str, pd.DataFrame], stores: list[FlowStore], out: Path, *,
@@ -46,7 +35,8 @@ def train_flow(parts: dict[str, pd.DataFrame], stores: list[FlowStore], out: Pat
         log(f"note: extraction selected {spec.selection!r} packets; flow-level SemiFlow was "
             "measured with selection 'all' (extract with --select all to score every flow)")
     cfg = FlowNetConfig(k=spec.k, length=min(FlowNetConfig().length, spec.l))
-    X = {name: flow_matrix(stores, parts[name], cfg.k, cfg.length)
+    X = {name: flow_matrix(stores, parts[name]["_store"].to_numpy(),
+                           parts[name]["row"].to_numpy(), cfg.k, cfg.length)
          for name in ("train", "val", "calib", "anomalous")}
     for name in ("train", "val", "calib"):
         log(f"{name:5s}: {len(X[name])} normal flows (flow-level samples {cfg.k} x "
