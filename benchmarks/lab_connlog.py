@@ -58,7 +58,7 @@ from semiflow.detector.log_detector import (  # noqa: E402
 )
 from semiflow.detector.log_threshold import (  # noqa: E402
     calibrate_threshold,
-    chain_scores,
+    chained_calib_scores,
 )
 from semiflow.detector.log_tokens import dyad_hour_frame, group_bounds, normalize_conn  # noqa: E402
 from semiflow.plugin.zeeklog import read_zeek_log  # noqa: E402
@@ -118,14 +118,7 @@ def run_one(name: str, det, train_seq: pd.DataFrame, test_seq: pd.DataFrame, arg
            "upper": calibrate_threshold(det.calib_scores_, args.target_fpr, "upper"),
            "half": calibrate_threshold(det.calib_scores_, args.target_fpr / 2)}
     if args.chain:
-        def fit_calib(sub, holdout):
-            twin = type(det)(**det.get_params())
-            if hasattr(det, "device"):
-                twin.device = det.device
-            twin.fit_sequences(sub, holdout=holdout)
-            ok = twin.calibration_source_ == "held-out normal dyad-hours"
-            return twin.calib_scores_ if ok else np.empty(0)
-        pooled = chain_scores(train_seq, fit_calib)
+        pooled = chained_calib_scores(det, train_seq)
         if pooled is not None and len(pooled):
             thr["chain"] = calibrate_threshold(pooled, args.target_fpr)
     # per flow: its dyad window's score

@@ -80,19 +80,25 @@ def chain_scores(seq: pd.DataFrame, fit_calib: Callable[[pd.DataFrame, np.ndarra
     return np.concatenate(pooled) if pooled else None
 
 
+def chained_calib_scores(det, seq: pd.DataFrame) -> np.ndarray | None:
+    """Forward-chained held-out normal scores of fresh copies of det (same params, quantile
+    calibration) fitted on the earlier blocks of seq; None when there is nothing to chain."""
+    def fit_calib(sub: pd.DataFrame, holdout: np.ndarray) -> np.ndarray:
+        twin = type(det)(**{**det.get_params(), "calibration": "quantile"})
+        if hasattr(det, "device"):
+            twin.device = det.device
+        twin.fit_sequences(sub, holdout=holdout)
+        ok = twin.calibration_source_ == "held-out normal dyad-hours"
+        return twin.calib_scores_ if ok else np.empty(0)
+
+    return chain_scores(seq, fit_calib)
+
+
 def apply_calibration(det, seq: pd.DataFrame) -> None:
     """Set det.threshold_ from det.calib_scores_, or from forward-chained scores of fresh
     copies of det (same params) when det.calibration == 'chain'."""
     if det.calibration == "chain":
-        def fit_calib(sub: pd.DataFrame, holdout: np.ndarray) -> np.ndarray:
-            twin = type(det)(**{**det.get_params(), "calibration": "quantile"})
-            if hasattr(det, "device"):
-                twin.device = det.device
-            twin.fit_sequences(sub, holdout=holdout)
-            ok = twin.calibration_source_ == "held-out normal dyad-hours"
-            return twin.calib_scores_ if ok else np.empty(0)
-
-        pooled = chain_scores(seq, fit_calib)
+        pooled = chained_calib_scores(det, seq)
         if pooled is not None and len(pooled):
             det.calib_scores_ = pooled
             det.calibration_source_ = "forward-chained later-block normal dyad-hours"
