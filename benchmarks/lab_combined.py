@@ -27,16 +27,8 @@ from semiflow.detector.scoring import load_scorer
 from semiflow.detector.threshold import calibrate_threshold
 from semiflow.plugin.flowstore import FlowStore
 from semiflow.plugin.zeeklog import read_zeek_log
+from semiflow.training.evaluate_lab import score_store_rows
 from semiflow.training.train import normal_parts
-
-
-def scores_of(scorer, store: FlowStore, rows: np.ndarray) -> np.ndarray:
-    out = np.empty(len(rows))
-    n_sel = store.flows["n_selected"].to_numpy().astype(np.int64)
-    for a in range(0, len(rows), 4096):
-        r = rows[a:a + 4096]
-        out[a:a + 4096] = scorer.score_flows(np.asarray(store.samples.rows(r)), n_sel[r])
-    return out
 
 
 def connlog_flags(csv: Path, labels: Path, flows: pd.DataFrame, det: str) -> pd.DataFrame:
@@ -87,14 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     scorer = load_scorer(a.model, device="cpu")
     parts, stores = normal_parts([a.train_flows], log=lambda m: None)
-    calib = scores_of(scorer, stores[0], parts["calib"]["row"].to_numpy())
+    calib = score_store_rows(scorer, stores[0], parts["calib"]["row"].to_numpy())
     full = calibrate_threshold(calib, a.budget, "flow").value
     half = calibrate_threshold(calib, a.budget / 2, "flow").value
     test = FlowStore.open(a.test_flows)
     flows = test.flows.reset_index(drop=True)
     keep = flows["label"].isin(["normal", "anomalous"]).to_numpy()
     flows = flows[keep].reset_index(drop=True)
-    s = scores_of(scorer, test, np.flatnonzero(keep))
+    s = score_store_rows(scorer, test, np.flatnonzero(keep))
     cl = connlog_flags(a.connlog, a.test_run / "labels.conn.log", flows, a.connlog_detector)
     verdicts = {"semiflow@budget": s > full, "semiflow@half": s > half,
                 f"connlog({a.connlog_detector})": cl["flag"].to_numpy(),

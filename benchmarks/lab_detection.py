@@ -91,6 +91,7 @@ def product_semiflow(name: str, a, store_dir: Path, test_store, test_rows: np.nd
     """`semiflow train` then `semiflow score`'s scoring of the test flows: (scores, thr,
     fit s, scorer, calib flows)."""
     from semiflow.detector.scoring import load_scorer
+    from semiflow.training.evaluate_lab import score_store_rows
     from semiflow.training.train import train
 
     out = work / "models" / f"{store_dir.name}-{name}-e{a.epochs}-c{a.cap_train}-s{seed}"
@@ -102,11 +103,7 @@ def product_semiflow(name: str, a, store_dir: Path, test_store, test_rows: np.nd
                         max_flows=a.cap_train, score=PRODUCT[name], log=lambda m: None,
                         command=f"lab_detection {name} seed {seed}")
     scorer = load_scorer(out, device=a.device)
-    n_sel = test_store.flows["n_selected"].to_numpy().astype(np.int64)
-    scores = np.full(len(test_rows), np.nan)
-    for i in range(0, len(test_rows), 2048):   # as cli_score.score_captures, batch by batch
-        rows = test_rows[i:i + 2048]
-        scores[i:i + 2048] = scorer.score_flows(test_store.samples.rows(rows), n_sel[rows])
+    scores = score_store_rows(scorer, test_store, test_rows)
     n_cal = summary["threshold"]["n_normal"]
     return scores, scorer.threshold, summary["fit_seconds"], scorer, n_cal
 

@@ -17,6 +17,17 @@ from .evaluate import flow_metrics, group_metrics
 HEADLINE = ("auroc_all", "auroc_payload", "tpr_at_thr", "fpr_at_thr", "fit_seconds")
 
 
+def score_store_rows(scorer, store, rows: np.ndarray, batch: int = 2048) -> np.ndarray:
+    """Flow scores of the given rows of a flow store, batch by batch, through the scorer's
+    score_flows (what `semiflow score` runs)."""
+    n_sel = store.flows["n_selected"].to_numpy().astype(np.int64)
+    out = np.full(len(rows), np.nan)
+    for i in range(0, len(rows), batch):
+        r = rows[i:i + batch]
+        out[i:i + batch] = scorer.score_flows(np.asarray(store.samples.rows(r)), n_sel[r])
+    return out
+
+
 def fill_unscored(s: np.ndarray) -> np.ndarray:
     """NaN (unscored) -> one value below every scored flow (ties among the unscored)."""
     s = np.asarray(s, dtype=np.float64)
