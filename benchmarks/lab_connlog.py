@@ -116,7 +116,10 @@ def run_one(name: str, det, train_seq: pd.DataFrame, test_seq: pd.DataFrame, arg
     y, sc = dh["malicious"].to_numpy().astype(bool), dh["score"].to_numpy()
     thr = {"quantile": det.threshold_,
            "upper": calibrate_threshold(det.calib_scores_, args.target_fpr, "upper"),
-           "half": calibrate_threshold(det.calib_scores_, args.target_fpr / 2)}
+           "half": calibrate_threshold(det.calib_scores_, args.target_fpr / 2),
+           # half of the packet detector's flow-level budget, counted in benign flows
+           "flowhalf": calibrate_threshold(det.calib_scores_, args.flow_budget / 2,
+                                           weights=det.calib_flows_)}
     if args.chain:
         pooled = chained_calib_scores(det, train_seq)
         if pooled is not None and len(pooled):
@@ -169,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--target-fpr", type=float, default=0.01)
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--flow-budget", type=float, default=1e-3,
+                    help="the combined verdict's flow-level FPR budget: D_flag_flowhalf is "
+                         "calibrated to flag half of it in benign flows (default 1e-3)")
     ap.add_argument("--max-train-flows", type=int, default=80_000,
                     help="train on whole dyad windows sampled up to this many flows (CPU)")
     ap.add_argument("--chain", action="store_true",
@@ -221,8 +227,13 @@ def main(argv: list[str] | None = None) -> int:
                 flows[f"{name}_score"] = score
                 flows[f"{name}_flag"] = (score > thr["quantile"]).astype(int)
                 flows[f"{name}_flag_half"] = (score > thr["half"]).astype(int)
+                flows[f"{name}_flag_flowhalf"] = (score > thr["flowhalf"]).astype(int)
                 res["families"] = family_table(flows, flows[f"{name}_flag"].to_numpy() == 1)
                 res["benign_flow_fpr"] = float(flows.loc[~mal, f"{name}_flag"].mean())
+                res["flowhalf"] = {
+                    "threshold": thr["flowhalf"],
+                    "benign_flow_fpr": float(flows.loc[~mal, f"{name}_flag_flowhalf"].mean()),
+                    "families": family_table(flows, flows[f"{name}_flag_flowhalf"].to_numpy() == 1)}
                 summary["detectors"].append(res)
                 report(res)
             y, lm = done[f"lm_{tok}"]
@@ -247,7 +258,7 @@ def report(r: dict) -> None:
     at = r["at"]
     q = at["quantile"]
     extra = "  ".join(f"{k}: TPR {v['tpr']:.3f} FPR {v['fpr']:.3f}" for k, v in at.items()
-                      if k not in ("quantile", "half"))
+                      if k not in ("quantile", "half", "flowhalf"))
     print(f"{r['name']:22s} AUROC {q['auroc']:.3f}  at thr {q['threshold']:.2f}: TPR "
           f"{q['tpr']:.3f} FPR {q['fpr']:.3f} (benign flows {r['benign_flow_fpr']:.3f})  "
           f"{extra}  [n_calib {r['n_calib']}, fit {r['fit_s']}s, windows {r['dyad_windows']}, "
@@ -256,6 +267,10 @@ def report(r: dict) -> None:
     fams = "  ".join(f"{k} {v['flagged']:.2f}/{v['flows']}" for k, v in r["families"].items()
                      if k != "benign")
     print(f"{'':22s} families (flagged share of flows/flows): {fams}", flush=True)
+    fh = r["flowhalf"]
+    fams = "  ".join(f"{k} {v['flagged']:.2f}" for k, v in fh["families"].items() if k != "benign")
+    print(f"{'':22s} at the flow-budget/2 threshold {fh['threshold']:.2f}: benign flows "
+          f"{fh['benign_flow_fpr']:.4f}; {fams}", flush=True)
 
 
 if __name__ == "__main__":
