@@ -11,9 +11,11 @@ makes), one at the whole budget and one at half of it; the conn-log detectors' v
 from benchmarks/lab_connlog.py: `D_flag` at its own calibrated 1% of dyad windows, and
 `D_flag_flowhalf` at half of the flow budget counted in benign FLOWS of the benign run's
 held-out windows (a flagged window flags all its flows, so a window-level rate says little
-about the flows a SOC sees). Combined = SemiFlow at half the budget OR the conn-log detector at
-the other half, both thresholds from the benign run alone: the budget the combination is
-entitled to, whose realised rate on the test run's benign flows is in the first row.
+about the flows a SOC sees), and `D_flag_own`: a flow flagged by its own surprise (not its
+window's maximum), at half the flow budget of the held-out benign flows. Combined = SemiFlow
+at half the budget OR the conn-log detector at the other half, both thresholds from the benign
+run alone: the budget the combination is entitled to, whose realised rate on the test run's
+benign flows is in the first row.
 Conn-log rows are joined to flows on the 5-tuple and start time, as `semiflow extract
 --conn-labels` does.
 """
@@ -34,6 +36,10 @@ from semiflow.plugin.zeeklog import read_zeek_log
 from semiflow.training.evaluate_lab import score_store_rows
 from semiflow.training.train import normal_parts
 
+# lab_connlog.py's verdict columns: window at 1% of windows, window at half the flow budget
+# counted in benign flows, a flow's own score at half the flow budget
+FLAGS = ("flag", "flag_flowhalf", "flag_own")
+
 
 def connlog_flags(csv: Path, labels: Path, flows: pd.DataFrame, det: str) -> pd.DataFrame:
     """The conn-log detector's per-flow flags, aligned with `flows` (0 where unmatched)."""
@@ -47,14 +53,12 @@ def connlog_flags(csv: Path, labels: Path, flows: pd.DataFrame, det: str) -> pd.
     for c in ("orig_p", "resp_p"):
         f[c] = f[c].astype("int64")
         v[c] = v[c].astype("int64")
-    m = pd.merge_asof(f.sort_values("ts"), v[["ts", *keys, f"{det}_flag",
-                                             f"{det}_flag_flowhalf"]].sort_values("ts"),
+    cols = [f"{det}_{c}" for c in FLAGS]
+    m = pd.merge_asof(f.sort_values("ts"), v[["ts", *keys, *cols]].sort_values("ts"),
                       on="ts", by=keys, tolerance=1.0, direction="nearest")
     m = m.sort_values("_i")
-    out = pd.DataFrame({"flag": m[f"{det}_flag"].fillna(0).to_numpy().astype(bool),
-                        "flag_flowhalf": m[f"{det}_flag_flowhalf"].fillna(0).to_numpy()
-                        .astype(bool),
-                        "matched": m[f"{det}_flag"].notna().to_numpy()})
+    out = pd.DataFrame({c: m[f"{det}_{c}"].fillna(0).to_numpy().astype(bool) for c in FLAGS})
+    out["matched"] = m[cols[0]].notna().to_numpy()
     return out
 
 
@@ -97,9 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     matched = []
     for det in a.connlog_detector:
         cl = connlog_flags(a.connlog, a.test_run / "labels.conn.log", flows, det)
-        verdicts[f"{det}@1% windows"] = cl["flag"].to_numpy()
-        verdicts[f"{det}@half"] = cl["flag_flowhalf"].to_numpy()
-        verdicts[f"semiflow or {det}"] = (s > half) | cl["flag_flowhalf"].to_numpy()
+        verdicts[f"{det} windows@1%"] = cl["flag"].to_numpy()
+        verdicts[f"{det} windows@half"] = cl["flag_flowhalf"].to_numpy()
+        verdicts[f"{det} own@half"] = cl["flag_own"].to_numpy()
+        verdicts[f"semiflow or {det} windows"] = (s > half) | cl["flag_flowhalf"].to_numpy()
+        verdicts[f"semiflow or {det} own"] = (s > half) | cl["flag_own"].to_numpy()
         matched.append(int(cl["matched"].sum()))
     t = table(flows, verdicts)
     print(f"SemiFlow thresholds from {len(calib)} benign calibration flows: {full:.4g} "

@@ -45,8 +45,10 @@ def split_holdout(seq: pd.DataFrame, bounds: np.ndarray, how: str = "time",
         hours = seq["hour"].to_numpy()[starts]
         uniq = np.unique(hours)
         if len(uniq) >= 2:
-            cut = uniq[max(1, int(np.ceil(len(uniq) * (1 - fraction)))) - 1]
-            return hours > cut
+            # keep at least one bucket on each side: with 4 five-minute buckets (a 15-minute
+            # lab run) ceil(3.2) used to keep all four and hold out none
+            keep = min(max(1, int(np.ceil(len(uniq) * (1 - fraction)))), len(uniq) - 1)
+            return hours > uniq[keep - 1]
         how = "dyad"  # one hour only: a time split is impossible
     if how == "dyad":
         pairs = (seq["host_a"].to_numpy()[starts].astype(str) + "|"

@@ -94,6 +94,19 @@ def test_upper_bound_threshold_holds_where_the_quantile_overshoots():
     assert calibrate_threshold(np.arange(50.0), 0.01, "upper") == 49.0  # too few: the max
 
 
+def test_time_split_holds_out_a_bucket_even_when_there_are_few():
+    from semiflow.detector.log_detector import split_holdout
+    from semiflow.detector.log_tokens import group_bounds
+
+    for n_hours, held_hours in ((2, 1), (4, 1), (5, 1), (10, 2), (24, 4)):
+        seq = dyad_hour_frame(normalize_conn(_conn(range(n_hours))), "port")
+        b = group_bounds(seq)
+        held = split_holdout(seq, b, "time", 0.2)
+        hours = seq["hour"].to_numpy()[b[:-1]]
+        assert len(np.unique(hours[held])) == held_hours, n_hours
+        assert hours[held].min() > hours[~held].max()  # the LAST buckets
+
+
 def test_flow_weighted_threshold_counts_the_flows_a_flagged_window_flags():
     # one busy window (90 flows) scores highest: 1% of WINDOWS flags it, i.e. half the flows;
     # 1% of FLOWS (1.9 of 190) may only flag windows holding one flow, so not that one
