@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| | " + " | ".join(t.columns) + " |")
     print("|---|" + "---|" * len(t.columns))
     for name, row in t.iterrows():
-        print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+        fmt = "{:.4f}" if name.startswith("benign") else "{:.3f}"  # an FPR needs the digits
+        print(f"| {name} | " + " | ".join(fmt.format(v) for v in row) + " |")
     if a.json:
         a.json.write_text(json.dumps({"table": t.to_dict(), "threshold_full": full,
                                       "threshold_half": half}, indent=1))

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from semiflow.detector.log_models import MODELS
-from semiflow.detector.log_threshold import CALIBRATIONS
+from semiflow.detector.log_threshold import CALIBRATIONS, FPR_UNITS
 from semiflow.detector.log_tokens import TOKENIZERS
 
 DYAD_FIELDS = [("ts", "time"), ("host_a", "addr"), ("host_b", "addr"), ("n_flows", "count"),
@@ -61,6 +61,9 @@ def register(sub) -> None:
     t.add_argument("--calibration", choices=CALIBRATIONS, default="quantile",
                    help="quantile of the held-out block; upper: a 95%% binomial bound on it; "
                         "chain: pooled forward-chained later-block scores")
+    t.add_argument("--fpr-unit", choices=FPR_UNITS, default="window",
+                   help="what --target-fpr counts: dyad windows (default) or the flows in "
+                        "them (a flagged window flags all its flows; quantile calibration)")
     t.add_argument("--bucket", type=float, default=3600.0, metavar="SECONDS",
                    help="dyad time window (default 3600: dyad-hours; 300 for short lab runs)")
     t.add_argument("--seed", type=int, default=42)
@@ -97,7 +100,7 @@ def run_train(args: argparse.Namespace) -> int:
                   lr=args.lr, target_fpr=args.target_fpr, split=args.split,
                   calib_fraction=args.calib_fraction, seed=args.seed,
                   calibration=args.calibration, bucket_s=args.bucket,
-                  device=auto_device(args.device))
+                  fpr_unit=args.fpr_unit, device=auto_device(args.device))
     det, report = train_from_logs(args.logs, params, args.out, progress=_progress(args))
     for line in report.summary_lines():
         print(line)
