@@ -54,6 +54,6 @@ def run(args: argparse.Namespace) -> int:
                      strict=args.strict, progress=not args.quiet and sys.stderr.isatty())
     print(f"{report.files} capture(s), {report.packets} packets, {report.flows} flows "
           f"-> {args.out}")
-    for line in report.summary_lines():
+    for line in report.summary_lines() + (conn.notes() if conn is not None else []):
         print(line)
     return 0

@@ -188,14 +188,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
     m = evaluate_scores(scored["model"])
     if base is not None:
         m["baseline"] = evaluate_scores(scored["baseline"])
-    if args.json:
+    if args.json:  # stdout is the JSON; what reading skipped goes to stderr
+        for line in report.summary_lines()[1:]:
+            print(f"note: {line}", file=sys.stderr)
         print(json.dumps(m))
         return 0
     for line in report.summary_lines():
         print(line)
     if m["malicious"] == 0:
         print("no dyad-hour holds a flow labelled malicious: AUROC undefined")
-    print(f"dyad-hours {m['dyad_hours']} (malicious {m['malicious']}), flagged {m['flagged']}")
+    print(f"dyad-hours {m['dyad_hours']} (malicious {m['malicious']}, base rate "
+          f"{m['base_rate']:.4f}: the precision of flagging everything), flagged {m['flagged']}")
     rows = [(f"{det.model} LM" if not det.supervised else f"{det.model} supervised", m)]
     if base is not None:
         rows.append(("frequency baseline (rarest token)", m["baseline"]))
