@@ -106,3 +106,26 @@ def test_train_one_capture_calibrates_on_the_latest_block(one_capture, tmp_path,
     n = sum(p["flows"] for p in parts.values())
     assert prov["metrics"]["threshold"]["n_normal"] == parts["calib"]["flows"]
     assert parts["calib"]["flows"] == n - round(0.7 * n) - round(0.15 * n)
+
+
+def test_small_calibration_file_falls_back_to_a_time_split():
+    """4 captures: a file split gives calib one file; if that file is tiny (14 flows) the
+    threshold would rest on 14 flows: with split=auto the time split is used instead, and
+    with split=file the log warns."""
+    from semiflow.training.train import split_normal
+    sizes = {"big1.pcap": 400, "big2.pcap": 400, "big3.pcap": 400, "tiny.pcap": 14}
+    f = pd.DataFrame({"source_file": [n for n, k in sizes.items() for _ in range(k)],
+                      "ts": np.arange(sum(sizes.values()), dtype=float)})
+    said: list[str] = []
+    calib_sizes = set()
+    for seed in range(8):  # whichever file the seed makes calib, never a 14-flow calib set
+        part = split_normal(f, seed=seed, split="auto", log=said.append, min_calib=100)
+        calib_sizes.add(int((part == "test").sum()))
+    assert min(calib_sizes) >= 100
+    assert any("fewer than the 100 the target FPR needs" in s for s in said)
+    said.clear()
+    seed = next(s for s in range(50) if (split_normal(f, seed=s, split="file", log=said.append)
+                                         == "test").sum() == 14)
+    said.clear()
+    part = split_normal(f, seed=seed, split="file", log=said.append, min_calib=100)
+    assert (part == "test").sum() == 14 and any(s.startswith("warning:") for s in said)
