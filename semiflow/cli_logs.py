@@ -11,6 +11,7 @@ from pathlib import Path
 from semiflow.detector.log_models import MODELS
 from semiflow.detector.log_threshold import CALIBRATIONS
 from semiflow.detector.log_tokens import TOKENIZERS
+from semiflow.threads import add_threads_argument, apply_threads
 
 DYAD_FIELDS = [("ts", "time"), ("host_a", "addr"), ("host_b", "addr"), ("n_flows", "count"),
                ("score", "double"), ("threshold", "double"), ("verdict", "string"),
@@ -64,6 +65,7 @@ def register(sub) -> None:
     t.add_argument("--bucket", type=float, default=3600.0, metavar="SECONDS",
                    help="dyad time window (default 3600: dyad-hours; 300 for short lab runs)")
     t.add_argument("--seed", type=int, default=42)
+    add_threads_argument(t)
     t.set_defaults(func=run_train)
 
     s = lsub.add_parser("score", help="score dyad-hours -> semiflow_dyad.log + notice.log")
@@ -92,6 +94,7 @@ def run_train(args: argparse.Namespace) -> int:
     from semiflow.detector.log_detector import auto_device
     from semiflow.training.log_train import train_from_logs
 
+    apply_threads(args.threads)
     params = dict(tokenizer=args.tokenizer, model=args.model, supervised=args.supervised,
                   window=args.window, epochs=args.epochs, batch_size=args.batch_size,
                   lr=args.lr, target_fpr=args.target_fpr, split=args.split,
@@ -103,8 +106,12 @@ def run_train(args: argparse.Namespace) -> int:
         print(line)
     print(f"trained {det!r} on {det.n_train_flows_} flows, vocabulary {len(det.vocab_)}, "
           f"final loss {det.history_[-1]:.4f}")
-    print(f"threshold {det.threshold_:.4f} at target FPR {det.target_fpr} "
-          f"({det.calibration_source_}, {det.n_calib_flows_} flows) -> {args.out}")
+    n_calib = len(det.calib_scores_)  # one score per dyad-hour
+    flows = "" if "chained" in det.calibration_source_ else f", {det.n_calib_flows_} flows"
+    print(f"threshold {det.threshold_:.4f} at target FPR {det.target_fpr} on {n_calib} "
+          f"{det.calibration_source_}{flows}"
+          + ("; too few dyad-hours to resolve this FPR" if n_calib * det.target_fpr < 1 else "")
+          + f" -> {args.out}")
     b = det.baseline_
     print(f"frequency baseline ({b.tokenizer} tokens, {len(b.counts_)} distinct): threshold "
           f"{b.threshold_:.4f} -> {os.path.join(args.out, 'baseline.json')}")
