@@ -89,6 +89,7 @@ class _Gunzip(io.RawIOBase):
             else:
                 data = self._z.unconsumed_tail or self._raw.read(1 << 16)
                 if not data:
+                    self._buf = self._z.flush()  # what zlib still holds of the cut member
                     self._cut("ends early (file cut off)")
                     return
             try:
