@@ -80,9 +80,10 @@ def split_normal(normal: pd.DataFrame, seed: int = 42, split: str = "auto",
                  log: Callable[[str], None] = print, min_calib: int = 0) -> np.ndarray:
     """'train' / 'val' / 'test' (= calib) per normal flow: by capture file when there are
     at least 3 files (split="auto"), else by time within each capture (70/15/15 by start
-    time, calib the latest block; the log says so). With split="auto", a file split that
-    would leave fewer than `min_calib` calibration flows (a small calib file: too few to
-    resolve the target FPR) falls back to the time split, saying so."""
+    time, calib the latest block; the log says so). A file split that leaves fewer than
+    `min_calib` calibration flows (a small calib file: too few to resolve the target FPR) is
+    replaced by the time split when that one has enough (split="auto"); otherwise the log
+    warns, so a coarse threshold is never silent."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     nfiles = normal["source_file"].nunique()
@@ -94,11 +95,14 @@ def split_normal(normal: pd.DataFrame, seed: int = 42, split: str = "auto",
     part = _file_split(normal, nfiles, seed)
     n_calib = int((part == "test").sum())
     if n_calib < min_calib:
-        if split == "auto" and int(round(0.15 * len(normal))) > n_calib:
+        by_time = int(round(0.15 * len(normal)))
+        if split == "auto" and by_time >= min_calib:
             return _time_split(normal, f"a split by file leaves {n_calib} calibration flows, "
                                f"fewer than the {min_calib} the target FPR needs", log)
         log(f"warning: the split by file leaves {n_calib} calibration flows, fewer than the "
-            f"{min_calib} the target FPR needs (--split time splits within captures)")
+            f"{min_calib} the target FPR needs: the threshold is coarse"
+            + (f" (--split time would calibrate on {by_time})" if by_time > n_calib else
+               "; more normal traffic, or a larger --target-fpr, resolves it"))
     return part
 
 
