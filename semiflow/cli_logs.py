@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from semiflow.detector.log_models import MODELS
-from semiflow.detector.log_threshold import CALIBRATIONS
+from semiflow.detector.log_threshold import CALIBRATIONS, FPR_UNITS
 from semiflow.detector.log_tokens import TOKENIZERS
 from semiflow.threads import add_threads_argument, apply_threads
 
@@ -62,6 +62,9 @@ def register(sub) -> None:
     t.add_argument("--calibration", choices=CALIBRATIONS, default="quantile",
                    help="quantile of the held-out block; upper: a 95%% binomial bound on it; "
                         "chain: pooled forward-chained later-block scores")
+    t.add_argument("--fpr-unit", choices=FPR_UNITS, default="window",
+                   help="what --target-fpr counts: dyad windows (default) or the flows in "
+                        "them (a flagged window flags all its flows; quantile calibration)")
     t.add_argument("--bucket", type=float, default=3600.0, metavar="SECONDS",
                    help="dyad time window (default 3600: dyad-hours; 300 for short lab runs)")
     t.add_argument("--seed", type=int, default=42)
@@ -100,17 +103,21 @@ def run_train(args: argparse.Namespace) -> int:
                   lr=args.lr, target_fpr=args.target_fpr, split=args.split,
                   calib_fraction=args.calib_fraction, seed=args.seed,
                   calibration=args.calibration, bucket_s=args.bucket,
-                  device=auto_device(args.device))
+                  fpr_unit=args.fpr_unit, device=auto_device(args.device))
     det, report = train_from_logs(args.logs, params, args.out, progress=_progress(args))
     for line in report.summary_lines():
         print(line)
     print(f"trained {det!r} on {det.n_train_flows_} flows, vocabulary {len(det.vocab_)}, "
           f"final loss {det.history_[-1]:.4f}")
     n_calib = len(det.calib_scores_)  # one score per dyad-hour
-    flows = "" if "chained" in det.calibration_source_ else f", {det.n_calib_flows_} flows"
+    chained = "chained" in det.calibration_source_
+    flows = "" if chained else f", {det.n_calib_flows_} flows"
+    by_flow = getattr(det, "fpr_unit", "window") == "flow" and not chained
+    n_unit = det.n_calib_flows_ if by_flow else n_calib  # what the target FPR counts
     print(f"threshold {det.threshold_:.4f} at target FPR {det.target_fpr} on {n_calib} "
           f"{det.calibration_source_}{flows}"
-          + ("; too few dyad-hours to resolve this FPR" if n_calib * det.target_fpr < 1 else "")
+          + (f"; too few {'flows' if by_flow else 'dyad-hours'} to resolve this FPR"
+             if n_unit * det.target_fpr < 1 else "")
           + f" -> {args.out}")
     b = det.baseline_
     print(f"frequency baseline ({b.tokenizer} tokens, {len(b.counts_)} distinct): threshold "

@@ -104,3 +104,21 @@ def test_train_messages_threads_and_base_rate(sliced, tmp_path, capsys):
     assert main(["logs", "train", str(train), "-o", str(tmp_path / "m2"), "--threads", "0",
                  "-q"]) == 2
     assert "--threads must be >= 1" in capsys.readouterr().err
+
+
+def test_train_with_the_fpr_counted_in_flows(sliced, tmp_path, capsys):
+    """--fpr-unit flow: the windows above the threshold hold <= target of the held-out flows,
+    and the model remembers the unit; with `upper` it is one clear error line."""
+    from semiflow.detector.log_detector import LogLMDetector
+
+    train, _ = sliced
+    model = tmp_path / "m"
+    assert main(["logs", "train", str(train), "-o", str(model), "--tokenizer", "port",
+                 "--epochs", "1", "--fpr-unit", "flow", "--target-fpr", "0.05", "-q"]) == 0
+    det = LogLMDetector.load(model)
+    assert det.fpr_unit == "flow"
+    capsys.readouterr()
+    assert main(["logs", "train", str(train), "-o", str(tmp_path / "u"), "--tokenizer", "port",
+                 "--epochs", "1", "--fpr-unit", "flow", "--calibration", "upper", "-q"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "quantile" in err[0]

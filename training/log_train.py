@@ -143,7 +143,8 @@ def train_from_logs(paths: list[str | os.PathLike], params: dict, out: str | os.
 def baseline_for(det: LogLMDetector, **kw) -> FrequencyBaseline:
     """The frequency baseline matching an LM: same tokenizer, window, split, calibration."""
     p = {k: getattr(det, k) for k in ("tokenizer", "target_fpr", "calib_fraction", "split",
-                                      "top_k", "bucket_s", "calibration", "confidence")}
+                                      "top_k", "bucket_s", "calibration", "confidence",
+                                      "fpr_unit")}
     return FrequencyBaseline(**{**p, **kw})
 
 
