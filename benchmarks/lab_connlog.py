@@ -29,11 +29,10 @@ Output (-o DIR):
   connlog_summary.json  the printed figures, thresholds, and per-family tables.
 
 Measured 2026-11-30 (lab-out train-benign seed 1 -> test-mixed seed 2, 15 min each, CLSTM
-5 epochs on one H200; LM seeds 42 / 1): dyad-1min protobytes LM 0.896 / 0.900 AUROC vs
-frequency 0.832 (paired-bootstrap gap +0.063 / +0.068, 95% interval above 0); dyad-5min
-0.906 / 0.879 vs 0.869 (interval spans 0); port tokens 0.725 / 0.784 (1 min) and 0.754 / 0.685
-(5 min) vs 0.709 / 0.701. Only ftp_bruteforce is caught by the port LM and not by its
-frequency twin; slowloris and ssh_bruteforce are caught by none at 5 or 1 minute.
+5 epochs on the 2-core CPU; LM seeds 42 / 1): protobytes LM 0.956 / 0.970 (5-min windows) and
+0.928 / 0.914 (1-min) vs the frequency table's 0.918 / 0.886; port tokens 0.677-0.791 vs
+0.701-0.709. FTP brute force is caught by the port LM and never by its frequency twin; SSH
+brute force by none. README, "Conn-log detector", has the table and the thresholds' FPR.
 """
 
 from __future__ import annotations
