@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "semiflow.cli_report",
     "semiflow.cli_explain",
     "semiflow.cli_feedback",
+    "semiflow.cli_models",
 ]
 
 
