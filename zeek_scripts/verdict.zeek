@@ -1,5 +1,5 @@
 ##! Verdicts back from the detector: pending state, semiflow.log, notices, and a
-##! status for every flow whose verdict never comes.
+##! status for every flow whose verdict never comes, including at shutdown.
 
 @load base/frameworks/notice
 @load ./main
@@ -15,8 +15,14 @@ export {
 		packets: count;
 	};
 
-	## Remember a published request (called by collect.zeek).
+	## Remember a request (called by batch.zeek when a flow is queued for publishing).
 	global add_pending: function(uid: string, id: conn_id, start: time, packets: count);
+
+	## Log one verdict (and raise the notice): what both verdict events do per flow.
+	global record_verdict: function(uid: string, status: string, score: double,
+	                                threshold: double, anomalous: bool, packets: count,
+	                                model: string, model_version: string,
+	                                detail: string);
 
 	## Verdicts that arrived after their pending entry expired (or twice).
 	global late_verdicts: count = 0;
@@ -43,7 +49,7 @@ function add_pending(uid: string, id: conn_id, start: time, packets: count)
 	pending[uid] = Pending($id=id, $start=start, $sent=current_time(), $packets=packets);
 	}
 
-event SemiFlow::verdict(uid: string, status: string, score: double, threshold: double,
+function record_verdict(uid: string, status: string, score: double, threshold: double,
                         anomalous: bool, packets: count, model: string,
                         model_version: string, detail: string)
 	{
@@ -80,4 +86,46 @@ event SemiFlow::verdict(uid: string, status: string, score: double, threshold: d
 		        $uid=uid, $id=p$id,
 		        $identifier=cat(p$id$orig_h, p$id$resp_h, p$id$resp_p),
 		        $suppress_for=notice_suppression]);
+	}
+
+event SemiFlow::verdict(uid: string, status: string, score: double, threshold: double,
+                        anomalous: bool, packets: count, model: string,
+                        model_version: string, detail: string)
+	{
+	record_verdict(uid, status, score, threshold, anomalous, packets, model,
+	               model_version, detail);
+	}
+
+event SemiFlow::verdict_batch(uids: vector of string, statuses: vector of string,
+                              scores: vector of double, threshold: double,
+                              anomalous: vector of bool, packets: vector of count,
+                              model: string, model_version: string,
+                              details: vector of string)
+	{
+	local n = |uids|;
+	if ( |statuses| != n || |scores| != n || |anomalous| != n || |packets| != n ||
+	     |details| != n )
+		{
+		Reporter::warning(fmt("semiflow: verdict_batch with vectors of different lengths (%d uids) ignored",
+		                      n));
+		return;
+		}
+	for ( i in uids )
+		record_verdict(uids[i], statuses[i], scores[i], threshold, anomalous[i],
+		               packets[i], model, model_version, details[i]);
+	}
+
+event zeek_done() &priority=-5
+	{
+	# Expiry timers are discarded at shutdown (src/Val.cc@v8.1.0:1505-1513
+	# TableValTimer::Dispatch expires only when ! is_expire): log what is left, so
+	# a restart or the end of a trace leaves no flow without a line (review R5).
+	# Connections still open were flushed by their removal hooks before this
+	# (done_with_network() runs session_mgr->Drain() before terminate_zeek() raises
+	# zeek_done, src/zeek-setup.cc@v8.1.0:281, :312).
+	for ( [uid], p in pending )
+		Log::write(SemiFlow::LOG, Info($ts=p$start, $uid=uid, $id=p$id, $status="timeout",
+		                               $packets=p$packets,
+		                               $detail="shutdown before verdict"));
+	clear_table(pending);
 	}
