@@ -4,8 +4,9 @@ Used by tests and benchmarks to produce exactly the flow_request events the Zeek
 would publish for a capture, without Zeek. Connections are cut as plugin/flowscan.py cuts
 them (Zeek's keying, originator rule, timeouts); per connection the script keeps the frames
 whose transport payload is > 0 (all frames with select_all), cuts them at snaplen, stops at
-k, and publishes at the k-th frame, at max_wait after the first packet, or at removal.
-Connections with no such frame are logged locally as no_payload (no request).
+k, and publishes at the k-th frame, at max_wait after the first kept frame (collect.zeek
+arms its timer there), or at removal. Connections with no such frame are logged locally
+as no_payload (no request), at removal.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class Conn:
     flags: int = 0
     frames: list = field(default_factory=list)
     done: bool = False
+    first_sel: float = math.inf  # ts of the first kept frame: max_wait counts from here
 
 
 @dataclass
@@ -159,8 +161,8 @@ class ZeekSelection:
 
     def _expire(self, now: float) -> None:
         for key, c in list(self.conns.items()):
-            if not c.done and now - c.first_ts >= self.cfg.max_wait:
-                self._flush(c, c.first_ts + self.cfg.max_wait)
+            if not c.done and now - c.first_sel >= self.cfg.max_wait:
+                self._flush(c, c.first_sel + self.cfg.max_wait)
             if now - c.last_ts > self._timeout(c):
                 self._flush(c, now)
                 del self.conns[key]
@@ -201,12 +203,14 @@ class ZeekSelection:
             c.flags |= 2 if rst else 0
         if c.done:
             return  # collect.zeek: early return once published
-        if not c.done and ts - c.first_ts >= self.cfg.max_wait:
-            self._flush(c, c.first_ts + self.cfg.max_wait)
+        if not c.done and ts - c.first_sel >= self.cfg.max_wait:
+            self._flush(c, c.first_sel + self.cfg.max_wait)
             return
         if not self.cfg.select_all and _payload_len(buf, info) == 0:
             return
         data = raw[:self.cfg.snaplen] if self.cfg.snaplen else raw
+        if not c.frames:
+            c.first_sel = ts
         c.frames.append((data, ts, wire_len, bool(is_orig)))
         if len(c.frames) >= self.cfg.k:
             self._flush(c, ts)

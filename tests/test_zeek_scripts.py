@@ -170,7 +170,8 @@ def test_no_global_security_or_transport_overrides():
     on versions that have Cluster::listen_websocket."""
     t = _scripts()
     assert not any("disable_ssl" in x for x in t.values())
-    listen = t["transport.zeek"].split("function listen()", 1)[1].split("event zeek_init", 1)[0]
+    listen = t["transport.zeek"].split("function listen_endpoint()", 1)[1]
+    listen = listen.split("event zeek_init", 1)[0]
     # Broker::listen_websocket only in the innermost (< 7.2) branch.
     assert listen.index('Version::at_least("7.2")') < listen.index("Broker::listen_websocket")
     assert listen.count("Cluster::listen_websocket") == 2  # 8.0+ and 7.2 option shapes

@@ -49,7 +49,7 @@ global b_gen: count = 0;
 global last_publish: time = double_to_time(0.0);
 global next_shard: count = 0;
 
-function reset()
+function reset_batch()
 	{
 	++b_gen;
 	b_uids = vector();
@@ -78,7 +78,7 @@ function publish_batch()
 	++batches_published;
 	flows_published += |b_uids|;
 	last_publish = network_time();
-	reset();
+	reset_batch();
 	}
 
 function enqueue(uid: string, id: conn_id, start: time, linktype: count,
@@ -116,5 +116,5 @@ event zeek_done() &priority=5
 	{
 	# Nothing can answer now: drop the unsent batch; its flows are in `pending`,
 	# which verdict.zeek's zeek_done logs with status=timeout.
-	reset();
+	reset_batch();
 	}

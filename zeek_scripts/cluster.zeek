@@ -6,7 +6,7 @@
 ##! - Zeek >= 8.1 with zeekctl: the manager listens on 127.0.0.1:27759 already
 ##!   (zeekctl UseWebSocket, on by default in 8.1), nothing to do here.
 ##! - Zeek 7.2-8.0: the manager calls Cluster::listen_websocket (transport.zeek
-##!   SemiFlow::listen), whose clients go through the backend's hub
+##!   SemiFlow::listen_endpoint), whose clients go through the backend's hub
 ##!   (src/broker/WebSocketShim.cc@v8.0.0:25; Zeek's own test
 ##!   testing/btest/cluster/websocket/broker/manager-worker-ping-pong.zeek@v8.0.0).
 ##!   With zeekctl 8.0 UseWebSocket = 1 keep WebSocketHost/Port equal to
@@ -31,7 +31,7 @@ module SemiFlow;
 event zeek_init() &priority=1
 	{
 	if ( listen_websocket && Cluster::local_node_type() == Cluster::MANAGER )
-		listen();
+		listen_endpoint();
 	}
 @endif
 

@@ -124,7 +124,7 @@ function payload_len(p: pkt_hdr): count
 # get_current_packet() returns the frame in hand, which for a reassembled datagram is
 # its last fragment, not what pkt_hdr describes (note above get_current_packet in
 # src/zeek.bif@v8.1.0; review R9). ip4_hdr$MF/offset: base/init-bare.zeek@v6.0.0:1744.
-function fragment(p: pkt_hdr): bool
+function is_fragment(p: pkt_hdr): bool
 	{
 	if ( p?$ip )
 		return p$ip$MF || p$ip$offset > 0;
@@ -137,7 +137,7 @@ function fragment(p: pkt_hdr): bool
 
 # First packet of a connection: in scope, sampled, not allow-listed? Marks it done
 # (and logs why, where a line is due) otherwise.
-function start(c: connection): bool
+function start_flow(c: connection): bool
 	{
 	if ( ! wanted(c) )
 		{
@@ -212,12 +212,12 @@ event new_packet(c: connection, p: pkt_hdr)
 		if ( c$semiflow$done )
 			return;
 		}
-	else if ( ! start(c) )
+	else if ( ! start_flow(c) )
 		return;
 
 	if ( ! select_all && payload_len(p) == 0 )
 		return;
-	if ( fragment(p) )
+	if ( is_fragment(p) )
 		{
 		++fragments_skipped;
 		return;

@@ -56,7 +56,7 @@ export {
 	                            is_orig: vector of bool): bool;
 
 	## Start the package's WebSocket listener with the SemiFlow:: options.
-	global listen: function(): bool;
+	global listen_endpoint: function(): bool;
 }
 
 function send_batch(topic: string, uids: vector of string, linktype: count,
@@ -86,7 +86,7 @@ function subscribe(prefix: string): bool
 @endif
 	}
 
-function listen(): bool
+function listen_endpoint(): bool
 	{
 @if ( Version::at_least("8.0") )
 	# $listen_addr: base/frameworks/cluster/main.zeek@v8.0.0:368, types.zeek@v8.1.0:99.
@@ -101,8 +101,8 @@ function listen(): bool
 		$tls_options=websocket_tls));
 @else
 	# Broker's listener (base/frameworks/broker/main.zeek@v6.0.0); returns the port
-	# bound, 0/unknown on failure.
-	return Broker::listen_websocket(cat(websocket_addr), websocket_port) != 0/unknown;
+	# bound, 0/tcp on failure (base/frameworks/broker/main.zeek@v6.0.0:553).
+	return Broker::listen_websocket(cat(websocket_addr), websocket_port) != 0/tcp;
 @endif
 @endif
 	}
@@ -121,6 +121,6 @@ event zeek_init() &priority=1
 		# prefix of their topic and the event is declared (main.zeek).
 		subscribe(verdict_topic);
 		if ( listen_websocket )
-			listen();
+			listen_endpoint();
 		}
 	}
