@@ -226,6 +226,8 @@ def main() -> None:
     from semiflow.detector.artifact import load_artifact
     spec = load_artifact(model).spec
     reqs = build_requests(Path(a.corpus), spec.k, spec.l)
+    from zeek_load import check_encoder
+    check_encoder(reqs)
     print(f"{len(reqs)} distinct corpus flow requests (K={spec.k}, L={spec.l}), "
           f"{a.flows} flows per run, window {a.window}, {a.publishers} publisher(s), "
           f"batch_wait {a.batch_wait_ms} ms" + (f", paced at {a.rate} flows/s" if a.rate
