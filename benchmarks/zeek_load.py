@@ -7,11 +7,10 @@
   the text, nothing decoded): the load generator's own ceiling.
 - `publisher_main` stands for one Zeek worker (one process each): it publishes the
   corpus requests with fresh uids, either per flow (flow_request, the package before
-  batching) or as flow_batch events formed by batch.zeek's policy (batch_size flows, or
-  batch_wait after the first buffered flow; a flow that finds no batch published within
-  batch_wait goes out at once), and measures each flow's latency from the moment it is
-  ready at the worker to its verdict. It subscribes to its own reply topic, as a cluster
-  worker does with Cluster::node_topic.
+  batching) or as flow_batch events formed by batch.zeek's rule (paced mode:
+  plugin/zeek_selection.BatchPolicy; saturating: full batches), and measures each flow's
+  latency from the moment it is ready at the worker to its verdict. It subscribes to its
+  own reply topic, as a cluster worker does with Cluster::node_topic.
 """
 
 from __future__ import annotations
@@ -211,22 +210,17 @@ async def _publish(idx: int, url: str, reqs: list, cfg: dict, conn) -> dict:
                 await ws.send(text)
                 msgs_out += 1
         else:
-            # Paced: one flow ready every 1/rate s; batch.zeek's policy forms batches.
+            # Paced: one flow ready every 1/rate s; batch.zeek's rule (BatchPolicy, the
+            # Python model of batch.zeek) forms the batches on this clock.
+            from semiflow.plugin.zeek_selection import BatchPolicy
             conn.send("ready")
             await loop.run_in_executor(None, conn.recv)
             t0 = time.monotonic()
             cpu0 = time.process_time()
-            buf: list[list] = []
-            gen = 0
-            last_pub = float("-inf")
+            pol = BatchPolicy(max(bs, 1), wait)
 
-            async def publish():
-                nonlocal buf, gen, last_pub, msgs_out
-                gen += 1
-                if not buf:
-                    return
-                fl, buf = buf, []
-                last_pub = time.monotonic()
+            async def publish(fl):
+                nonlocal msgs_out
                 if bs > 0:
                     await ws.send(_encode(fl, topic(), True))
                     msgs_out += 1
@@ -235,21 +229,25 @@ async def _publish(idx: int, url: str, reqs: list, cfg: dict, conn) -> dict:
                         await ws.send(_encode([f], topic(), False))
                         msgs_out += 1
 
-            async def timer(g: int):
-                await asyncio.sleep(wait)
-                if g == gen:
-                    await publish()
+            async def timer(deadline: float):
+                await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+                fl = pol.due(time.monotonic())
+                if fl:
+                    await publish(fl)
 
             for i in range(n):
                 await asyncio.sleep(max(0.0, t0 + i / rate - time.monotonic()))
                 f = flow(i)
                 now = time.monotonic()
                 sent[f[0]] = now
-                buf.append(f)
-                if bs <= 1 or len(buf) >= bs or now - last_pub >= wait:
-                    await publish()
-                elif len(buf) == 1:
-                    loop.create_task(timer(gen))
+                fl = pol.add(f, now)
+                if fl:
+                    await publish(fl)
+                elif len(pol.buf) == 1:
+                    loop.create_task(timer(pol.deadline))
+            fl = pol.flush(time.monotonic())
+            if fl:
+                await publish(fl)
         await asyncio.wait_for(done.wait(), cfg.get("timeout", 600))
         t1 = time.monotonic()
         cpu = time.process_time() - cpu0

@@ -222,6 +222,42 @@ class ZeekSelection:
         return self.events
 
 
+class BatchPolicy:
+    """batch.zeek's publishing rule on a clock the caller supplies (network time in Zeek):
+    a finished flow joins the buffer; the buffer goes out when it holds batch_size flows,
+    or at once if nothing was published within the last batch_wait (a quiet sensor adds no
+    delay), or batch_wait after the flow that started it (`due`), or at the end (`flush`)."""
+
+    def __init__(self, batch_size: int = 64, batch_wait: float = 0.02):
+        self.batch_size = batch_size
+        self.batch_wait = batch_wait
+        self.buf: list = []
+        self.deadline = math.inf
+        self.last_publish = -math.inf
+
+    def _publish(self, now: float) -> list:
+        out, self.buf = self.buf, []
+        self.deadline = math.inf
+        self.last_publish = now
+        return out
+
+    def add(self, item, now: float) -> list | None:
+        """Queue one flow; returns the batch to publish now, if any."""
+        self.buf.append(item)
+        if len(self.buf) >= self.batch_size or now - self.last_publish >= self.batch_wait:
+            return self._publish(now)
+        if len(self.buf) == 1:
+            self.deadline = now + self.batch_wait
+        return None
+
+    def due(self, now: float) -> list | None:
+        """The buffered batch if its batch_wait timer has fired by `now`."""
+        return self._publish(now) if self.buf and now >= self.deadline else None
+
+    def flush(self, now: float) -> list | None:
+        return self._publish(now) if self.buf else None
+
+
 def capture_to_events(paths, cfg: ZeekSideConfig | None = None,
                       uid_prefix: str = "C") -> list[ZeekEvent]:
     """Every capture in turn (flows never span files, as in plugin/capture.py)."""

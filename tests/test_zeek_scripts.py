@@ -226,3 +226,35 @@ def test_committed_trace_is_what_the_script_writes(tmp_path):
     mod.write(tmp_path / "t.pcap")
     assert (tmp_path / "t.pcap").read_bytes() == \
         (TESTING / "Traces" / "semiflow-small.pcap").read_bytes()
+
+
+def test_btest_baselines_follow_from_the_python_model_of_the_scripts():
+    """The btests' baselines (predicted: Zeek cannot run here) agree with the Python model
+    of collect.zeek (plugin/zeek_selection.py) and batch.zeek (BatchPolicy) on the trace."""
+    from semiflow.plugin.zeek_selection import BatchPolicy, ZeekSideConfig, capture_to_events
+
+    evs = capture_to_events([TESTING / "Traces" / "semiflow-small.pcap"],
+                            ZeekSideConfig(k=8, snaplen=1664, select_all=True))
+    assert [e.kind for e in evs] == ["request"] * 4
+    # end-of-trace.zeek: every flow pending at zeek_done, with its packet count.
+    counts: dict[int, int] = {}
+    for e in evs:
+        counts[len(e.args[9])] = counts.get(len(e.args[9]), 0) + 1
+    want = "".join(f"{n:7d} timeout\tshutdown before verdict\t{p}\n"
+                   for p, n in sorted(counts.items(), key=lambda x: str(x[0])))
+    assert (TESTING / "Baseline" / "tests.end-of-trace" / "statuses").read_text() == want
+
+    # batching.zeek: batch_wait = 1 sec, the end of the trace publishes the rest.
+    def batches(wait: float) -> list[int]:
+        pol, out = BatchPolicy(64, wait), []
+        for e in sorted(evs, key=lambda e: e.ts):
+            for b in (pol.due(e.ts), pol.add(e.uid, e.ts)):
+                if b:
+                    out.append(len(b))
+        last = pol.flush(max(e.ts for e in evs))
+        return out + ([len(last)] if last else [])
+    got = batches(1.0)
+    assert (TESTING / "Baseline" / "tests.batching" / "output").read_text() == \
+        f"{len(got)} batches, {sum(got)} flows\n"
+    assert got == [1, 3] and batches(0.02) == [1, 1, 1, 1]
+    assert batches(float("inf")) == [1, 3]  # the first flow never waits
