@@ -85,6 +85,8 @@ event zeek_init() &priority=5
 	{
 	if ( allowlist_file == "" )
 		return;
+	# Input::add_table (base/frameworks/input/main.zeek@v6.0.0:211), REREAD: re-read when
+	# the file's inode or mtime changes.
 	Input::add_table([$source=allowlist_file, $name="semiflow_allowlist",
 	                  $idx=AllowIdx, $val=AllowRule, $destination=allowlist,
 	                  $mode=Input::REREAD]);
@@ -97,7 +99,8 @@ event Input::end_of_data(name: string, source: string)
 	}
 
 # Verdicts that were in flight when a rule arrived: drop the notice (breaking the hook
-# stops the notice framework's own handlers, logging included).
+# stops the notice framework's own handlers, logging included; Notice::notice hook:
+# base/frameworks/notice/main.zeek@v6.0.0:275, logged at priority -5).
 hook Notice::notice(n: Notice::Info) &priority=10
 	{
 	if ( n$note == Anomalous_Flow && |allowlist| > 0 && n?$uid && n?$id &&

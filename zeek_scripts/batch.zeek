@@ -100,6 +100,7 @@ function enqueue(uid: string, id: conn_id, start: time, linktype: count,
 		b_wire_len += wire_len[i];
 		b_is_orig += is_orig[i];
 		}
+	# network_time() (src/zeek.bif@v6.0.0:338): the clock `schedule` runs on too.
 	if ( |b_uids| >= batch_size || network_time() - last_publish >= batch_wait )
 		publish_batch();
 	else if ( |b_uids| == 1 )

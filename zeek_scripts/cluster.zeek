@@ -30,6 +30,7 @@ module SemiFlow;
 @if ( Version::at_least("7.2") && ! Version::at_least("8.1") )
 event zeek_init() &priority=1
 	{
+	# Cluster::local_node_type (base/frameworks/cluster/main.zeek@v6.0.0:212).
 	if ( listen_websocket && Cluster::local_node_type() == Cluster::MANAGER )
 		listen_endpoint();
 	}

@@ -130,6 +130,7 @@ function is_fragment(p: pkt_hdr): bool
 		return p$ip$MF || p$ip$offset > 0;
 	if ( p?$ip6 )
 		for ( i in p$ip6$exts )
+			# ip6_ext_hdr$id, IPPROTO_FRAGMENT: base/init-bare.zeek@v6.0.0:1698, :1427.
 			if ( p$ip6$exts[i]$id == IPPROTO_FRAGMENT )
 				return T;
 	return F;
@@ -144,6 +145,8 @@ function start_flow(c: connection): bool
 		c$semiflow = FlowState($done=T);
 		return F;
 		}
+	# rand, double_to_count, get_port_transport_proto, packet_source, reading_traces,
+	# encode_base64, get_current_packet: src/zeek.bif@v6.0.0.
 	if ( sampling_rate < 1.0 && rand(1000000) >= double_to_count(sampling_rate * 1000000.0) )
 		{
 		c$semiflow = FlowState($done=T);
@@ -239,7 +242,7 @@ event new_packet(c: connection, p: pkt_hdr)
 			st$hooked = T;
 			}
 		schedule max_wait { SemiFlow::max_wait_expired(c$uid, c$id) };
-		if ( reading_traces() )
+		if ( reading_traces() )  # src/zeek.bif@v6.0.0:2037
 			collecting[c$uid] = c$id;
 		}
 

@@ -15,6 +15,7 @@
 module SemiFlow;
 
 export {
+	# Log::ID, Notice::Type: base/frameworks/logging/main.zeek, notice/main.zeek@v6.0.0.
 	redef enum Log::ID += { LOG };
 	## Notice raised for every flow the model scores above its threshold.
 	redef enum Notice::Type += { Anomalous_Flow };
@@ -166,7 +167,8 @@ export {
 
 event zeek_init() &priority=5
 	{
-	# $path: without it the stream would be written to semi_flow.log.
+	# Log::create_stream (base/frameworks/logging/main.zeek@v6.0.0:411); $path: without
+	# it the stream would be written to semi_flow.log.
 	Log::create_stream(SemiFlow::LOG, [$columns=Info, $ev=log_semiflow,
 	                   $path="semiflow", $policy=log_policy]);
 	}

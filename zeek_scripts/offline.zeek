@@ -19,6 +19,7 @@ module SemiFlow;
 
 global trace_done = F;
 
+# terminate(), copy(), clear_table(): src/zeek.bif@v6.0.0 (copy is a language operator).
 function maybe_terminate()
 	{
 	if ( offline_terminate && trace_done && |pending| == 0 )

@@ -40,12 +40,14 @@ function pending_expired(t: table[string] of Pending, uid: string): interval
 	}
 
 # The verdict may arrive after the connection is gone, so the state lives here and
-# not in the connection record.
+# not in the connection record. &create_expire/&expire_func: expiry is scanned every
+# table_expire_interval (base/init-bare.zeek@v8.1.0:1908).
 global pending: table[string] of Pending &create_expire=verdict_timeout
 	&expire_func=pending_expired;
 
 function add_pending(uid: string, id: conn_id, start: time, packets: count)
 	{
+	# current_time(): wall clock (src/zeek.bif@v6.0.0), for the latency column.
 	pending[uid] = Pending($id=id, $start=start, $sent=current_time(), $packets=packets);
 	}
 
@@ -77,7 +79,8 @@ function record_verdict(uid: string, status: string, score: double, threshold: d
 	Log::write(SemiFlow::LOG, rec);
 
 	if ( status == "ok" && anomalous )
-		# No $conn: the connection may be gone by now (zeek-facts: notices).
+		# NOTICE (base/frameworks/notice/main.zeek@v6.0.0); suppression keys on
+		# [note, identifier]. No $conn: the connection may be gone by now.
 		NOTICE([$note=Anomalous_Flow,
 		        $msg=fmt("anomalous flow %s:%s -> %s:%s (score %.3f > %.3f, %s)",
 		                 p$id$orig_h, p$id$orig_p, p$id$resp_h, p$id$resp_p,
