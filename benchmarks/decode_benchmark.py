@@ -12,6 +12,9 @@ against the named alternative it replaces, in the same run:
   samples   spec.build_flow_sample per flow vs spec.build_flow_samples per batch
   verdicts  json.dumps(Verdict.message()) vs zeek_decode.verdict_text
   total     thorough decode + per-flow samples + json verdicts vs the batch path
+  flow_batch  the batch path on per-flow flow_request texts vs on flow_batch texts of
+            --zeek-batch flows each (one orjson parse, one base64 pass per message), and
+            verdict_text per flow vs verdict_batch_text per --zeek-batch flows
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ def main() -> None:
     ap.add_argument("--l", type=int, default=1600)
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--copies", type=int, default=10, help="repeat the corpus requests")
+    ap.add_argument("--zeek-batch", type=int, default=64, help="flows per flow_batch (64)")
     a = ap.parse_args()
 
     import orjson
@@ -99,6 +103,21 @@ def main() -> None:
     tot_old = 1 / (1 / dec_old + 1 / smp_old + 1 / ver_old)
     tot_new = 1 / (1 / dec_new + 1 / smp_new + 1 / ver_new)
     line("total", "per-flow path", tot_old, "batch path", tot_new)
+
+    from semiflow.plugin.zeek_batch import verdict_batch_text
+    zb = a.zeek_batch
+    args = [e.args for e in reqs] * a.copies
+    btexts = [orjson.dumps(zw.event_message(zw.DEFAULT_REQUEST_TOPIC + "0/", zw.FLOW_BATCH,
+                                            zw.flow_batch_args(args[i:i + zb]))).decode()
+              for i in range(0, n, zb)]
+    per = max(a.batch // zb, 1)  # flow_batch messages per micro-batch of --batch flows
+    bbatches = [btexts[i:i + per] for i in range(0, len(btexts), per)]
+    assert sum(len(decode_flow_requests(b).keys) for b in bbatches) == n
+    line("zeek batch", "flow_request texts", dec_new, f"flow_batch x{zb}",
+         rate(lambda: [decode_flow_requests(b) for b in bbatches], n))
+    line("verdicts", "verdict_text", ver_new, f"verdict_batch_text x{zb}",
+         rate(lambda: [verdict_batch_text(topic, vs[i:i + zb], 0.5, "semiflow", "v1")
+                       for i in range(0, n, zb)], n))
 
 
 if __name__ == "__main__":

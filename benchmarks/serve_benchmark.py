@@ -1,20 +1,27 @@
 """End-to-end flows/s and verdict latency through the WebSocket path, on this machine.
 
     python benchmarks/serve_benchmark.py [--model DIR] [--flows 20000] [--window 2048]
+        [--workers 1,2] [--publishers N] [--batch-sizes 0,64] [--scorers trivial,real]
+    python benchmarks/serve_benchmark.py --rate 1 --flows 60 --batch-sizes 64  # quiet sensor
     python benchmarks/serve_benchmark.py --score-only --model DIR   # scoring stage alone
 
-Requests are the exact events the Zeek package publishes for corpus captures
-(plugin/zeek_selection.py), sent by the Zeek double (tests/zeek_double.py) to a
-`semiflow serve` subprocess; latency = publish -> verdict received, per flow. Two runs,
-compared in the same invocation: the real model, and a trivial scorer (mean byte) that
-shows the pipeline's own ceiling (JSON, base64, sample building, batching, encoding).
-A bounded window of outstanding requests keeps the detector below its shedding point.
+Requests are the events the Zeek package publishes for corpus captures
+(plugin/zeek_selection.py), per flow (batch size 0: flow_request, the package before
+batching) or as flow_batch events formed by batch.zeek's policy. N publisher processes
+(benchmarks/zeek_load.py), one per Zeek worker they stand for, publish through a hub that
+stands for Zeek's WebSocket server to a `semiflow serve` subprocess; latency = flow ready
+at the worker -> its verdict back at the worker. Compared in the same invocation, per
+batch size: the load generator's own ceiling (the hub answers every request itself), a
+trivial scorer (mean byte: the pipeline's own ceiling) and the real model. A bounded
+window of outstanding flows keeps the detector below its shedding point. Detector CPU =
+user+system CPU seconds of the serve process and its children per flow.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -67,75 +74,89 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-async def run_once(label: str, cmd: list[str], reqs: list, n: int, window: int,
+def _spawn_publishers(url: str, reqs: list, cfg: dict, n_pub: int):
+    import multiprocessing as mp
+
+    from zeek_load import publisher_main
+    ctx = mp.get_context("spawn")
+    procs, pipes = [], []
+    for i in range(n_pub):
+        a, b = ctx.Pipe()
+        c = dict(cfg, flows=cfg["flows"] // n_pub + (i < cfg["flows"] % n_pub),
+                 window=max(cfg["window"] // n_pub, 1))
+        p = ctx.Process(target=publisher_main, args=(i, url, reqs, c, b), daemon=True)
+        p.start()
+        procs.append(p)
+        pipes.append(a)
+    return procs, pipes
+
+
+async def _recv(pipe, timeout: float):
+    loop = asyncio.get_running_loop()
+    ok = await loop.run_in_executor(None, pipe.poll, timeout)
+    if not ok:
+        raise TimeoutError("a publisher did not answer")
+    return pipe.recv()
+
+
+async def run_once(label: str, cmd: list[str] | None, reqs: list, cfg: dict, n_pub: int,
                    workers: int = 1) -> dict:
-    import orjson
-    from zeek_double import ZeekDouble, zeek_json
+    """One measurement: the hub (Zeek's server), the detector `cmd` (None: the hub's
+    trivial sink answers, i.e. the load generator's ceiling) and n_pub publishers."""
+    from zeek_load import make_hub
 
-    from semiflow.plugin import zeek_wire as zw
-
-    dbl = await ZeekDouble().start()
-    proc = subprocess.Popen(cmd + [dbl.url, "--workers", str(workers)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
-    sent: dict[str, float] = {}
-    lat: list[float] = []
-    done = asyncio.Event()
-    seen = 0
-    statuses: dict[str, int] = {}
-    # Pre-encode all messages (Zeek's JSON, shard topic i % workers): the publisher must
-    # not be the bottleneck we measure.
-    texts = []
-    for i in range(n):
-        e = reqs[i % len(reqs)]
-        args = list(e.args)
-        args[0] = f"B{i:09d}"
-        topic = f"{zw.DEFAULT_REQUEST_TOPIC}{i % workers}/"
-        texts.append((args[0], topic, zeek_json(zw.event_message(topic, zw.FLOW_REQUEST,
-                                                                 args))))
-
-    async def on_msg(ws, text):
-        # Zeek handles verdicts in C++; the double's full checks (tests) would cost this
-        # shared 2-core box more than the detector: read uid and status only.
-        nonlocal seen
-        a = orjson.loads(text)["data"][2]["data"][1]["data"]
-        uid, status = a[0]["data"], a[1]["data"]
-        t = sent.pop(uid, None)
-        if t is not None:
-            lat.append(time.perf_counter() - t)
-        statuses[status] = statuses.get(status, 0) + 1
-        seen += 1
-        if seen >= n:
-            done.set()
-    dbl._client_message = on_msg
+    hub = await make_hub(sink=cmd is None).start()
+    proc = None
+    if cmd is not None:
+        proc = subprocess.Popen(cmd + [hub.url, "--workers", str(workers)], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env=dict(os.environ, OMP_NUM_THREADS="1"))
+    procs, pipes = [], []
     try:
         t_end = time.monotonic() + 120
-        while len(dbl.clients) < workers and time.monotonic() < t_end:
+        while cmd is not None and len(hub.clients) < workers and time.monotonic() < t_end:
+            if proc.poll() is not None:
+                raise RuntimeError("detector exited")
             await asyncio.sleep(0.1)
-        by_topic = {t: ws for t in {x[1] for x in texts}
-                    for ws, subs in dbl.clients.items() if any(t.startswith(p) for p in subs)}
-        cpu0 = cpu_seconds(proc.pid)
-        t0 = time.perf_counter()
-        for u, topic, text in texts:
-            while len(sent) >= window:
-                await asyncio.sleep(0.0005)
-            sent[u] = time.perf_counter()
-            await by_topic[topic].send(text)
-        await asyncio.wait_for(done.wait(), 300)
-        wall = time.perf_counter() - t0
-        cpu = cpu_seconds(proc.pid) - cpu0
+        procs, pipes = _spawn_publishers(hub.url, reqs, dict(cfg, shards=workers), n_pub)
+        for p in pipes:
+            assert await _recv(p, 300) == "ready"
+        cpu0 = cpu_seconds(proc.pid) if proc else 0.0
+        for p in pipes:
+            p.send("go")
+        res = [await _recv(p, cfg.get("timeout", 600) + 60) for p in pipes]
+        cpu = (cpu_seconds(proc.pid) - cpu0) if proc else 0.0
     finally:
-        proc.terminate()
-        proc.wait(60)
-        await dbl.stop()
-    a = np.array(lat) * 1000
-    r = {"label": label, "flows": n, "seconds": wall, "flows_per_s": n / wall,
-         "p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)),
-         "statuses": statuses, "detector_cpu_us_per_flow": cpu / n * 1e6}
-    print(f"{label:>14}, {workers} worker(s): {n} flows in {wall:.2f}s = {n / wall:,.0f} "
-          f"flows/s; verdict latency p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms; "
-          f"detector CPU {cpu / n * 1e6:.0f} us/flow; {statuses}", flush=True)
-    return r
+        if proc is not None:
+            proc.terminate()
+            proc.wait(60)
+        for p in procs:
+            p.join(10)
+        await hub.stop()
+    n = sum(r["flows"] for r in res)
+    wall = max(r["t1"] for r in res) - min(r["t0"] for r in res)
+    lat = np.concatenate([np.asarray(r["lat"]) for r in res]) * 1000
+    st: dict[str, int] = {}
+    for r in res:
+        for k, v in r["statuses"].items():
+            st[k] = st.get(k, 0) + v
+    msgs = sum(r["messages"] for r in res)
+    out = {"label": label, "workers": workers, "publishers": n_pub,
+           "batch_size": cfg["batch_size"], "flows": n, "seconds": wall,
+           "flows_per_s": n / wall, "p50_ms": float(np.percentile(lat, 50)),
+           "p99_ms": float(np.percentile(lat, 99)), "statuses": st,
+           "detector_cpu_us_per_flow": cpu / n * 1e6, "requests_per_flow": msgs / n,
+           "verdict_msgs_per_flow": hub.verdicts / n if cmd is not None else 0.0,
+           "publisher_cpu_us_per_flow": sum(r["cpu"] for r in res) / n * 1e6}
+    who = f"{workers} worker(s)" if cmd is not None else "trivial sink"
+    batch = f"batch {cfg['batch_size']}" if cfg["batch_size"] else "per-flow"
+    print(f"{label:>16}, {who}, {n_pub} publisher(s), {batch}: {n} flows in {wall:.2f}s = "
+          f"{n / wall:,.0f} flows/s; latency p50 {out['p50_ms']:.1f} ms, p99 "
+          f"{out['p99_ms']:.1f} ms; detector CPU {out['detector_cpu_us_per_flow']:.0f} "
+          f"us/flow; publisher CPU {out['publisher_cpu_us_per_flow']:.0f} us/flow; "
+          f"{out['requests_per_flow']:.3f} request msgs/flow, "
+          f"{out['verdict_msgs_per_flow']:.3f} verdict msgs/flow; {st}", flush=True)
+    return out
 
 
 def score_only(model: str, n: int, device: str | None, sizes=(64, 256, 1024, 4096, 16384),
@@ -173,11 +194,24 @@ def main() -> None:
     ap.add_argument("--model", help="artifact dir (default: a tiny random-weight one)")
     ap.add_argument("--corpus", default=str(ROOT.parent / "shared" / "corpus"))
     ap.add_argument("--flows", type=int, default=20000)
-    ap.add_argument("--window", type=int, default=2048)
+    ap.add_argument("--window", type=int, default=2048,
+                    help="outstanding flows in all (split over the publishers)")
     ap.add_argument("--score-only", action="store_true")
     ap.add_argument("--device")
     ap.add_argument("--workers", default="1,2", help="decode processes to compare (1,2)")
+    ap.add_argument("--publishers", type=int, default=1,
+                    help="publisher processes, one per Zeek worker they stand for (1)")
+    ap.add_argument("--batch-sizes", default="0,64",
+                    help="SemiFlow::batch_size values to compare; 0 = one flow_request "
+                         "per flow, as the package did before batching (0,64)")
+    ap.add_argument("--batch-wait-ms", type=float, default=20.0,
+                    help="SemiFlow::batch_wait of the publishers (20)")
+    ap.add_argument("--scorers", default="trivial,real", help="trivial,real")
+    ap.add_argument("--rate", type=float,
+                    help="paced mode: flows/s in all (batch.zeek's policy forms the batches)")
     ap.add_argument("--max-batch", type=int, default=512)
+    ap.add_argument("--max-wait-ms", type=float, default=5.0)
+    ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--serve-trivial", action="store_true", help=argparse.SUPPRESS)
     if sys.argv[1:2] == ["--serve-trivial"]:
         sys.exit(serve_trivial(sys.argv[2:]))
@@ -192,15 +226,31 @@ def main() -> None:
     from semiflow.detector.artifact import load_artifact
     spec = load_artifact(model).spec
     reqs = build_requests(Path(a.corpus), spec.k, spec.l)
+    from zeek_load import check_encoder
+    check_encoder(reqs)
     print(f"{len(reqs)} distinct corpus flow requests (K={spec.k}, L={spec.l}), "
-          f"{a.flows} sent per run, window {a.window}; CPU count {os.cpu_count()}", flush=True)
+          f"{a.flows} flows per run, window {a.window}, {a.publishers} publisher(s), "
+          f"batch_wait {a.batch_wait_ms} ms" + (f", paced at {a.rate} flows/s" if a.rate
+                                               else ", saturating") +
+          f"; CPU count {os.cpu_count()}", flush=True)
     opts = ["--model", model, "--device", a.device or "cpu", "--max-batch",
-            str(a.max_batch), "--queue", "16384", "--threads", "1", "--zeek"]
-    real = [sys.executable, "-m", "semiflow", "serve", *opts]
-    triv = [sys.executable, __file__, "--serve-trivial", *opts]
-    for w in map(int, a.workers.split(",")):
-        asyncio.run(run_once("trivial scorer", triv, reqs, a.flows, a.window, w))
-        asyncio.run(run_once("real model", real, reqs, a.flows, a.window, w))
+            str(a.max_batch), "--max-wait-ms", str(a.max_wait_ms), "--queue", "65536",
+            "--threads", "1", "--zeek"]
+    cmds = {"real model": [sys.executable, "-m", "semiflow", "serve", *opts],
+            "trivial scorer": [sys.executable, __file__, "--serve-trivial", *opts]}
+    want = {"trivial": "trivial scorer", "real": "real model"}
+    results = []
+    for bs in map(int, a.batch_sizes.split(",")):
+        cfg = {"flows": a.flows, "window": a.window, "batch_size": bs,
+               "batch_wait": a.batch_wait_ms / 1000.0, "rate": a.rate}
+        results.append(asyncio.run(run_once("load generator", None, reqs, cfg,
+                                            a.publishers)))
+        for w in map(int, a.workers.split(",")):
+            for sc in a.scorers.split(","):
+                results.append(asyncio.run(run_once(want[sc], cmds[want[sc]], reqs, cfg,
+                                                    a.publishers, w)))
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ requests to `MicroBatcher.submit` from its event loop and receives `FlowResult`s
 callback. Decoding a whole micro-batch at once (the injected `decode`: raw texts -> one
 RequestBatch), sample building (spec.build_flow_samples, the same kernels the offline path
 uses) and inference all run on the batcher's worker thread, so the loop keeps answering
-pings. The queue is bounded: `submit` returns False when it is full and
-the connector reports the flow as shed instead of growing memory.
+pings. The queue is bounded in flows (a raw item may carry several, e.g. a Zeek flow_batch):
+`submit` returns False when it is full and the connector reports those flows as shed
+instead of growing memory.
 """
 
 from __future__ import annotations
@@ -181,7 +182,10 @@ class MicroBatcher:
         self.max_batch = max_batch
         self.max_wait = max_wait
         self.stats = stats or ServingStats()
-        self._q: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.queue_size = queue_size
+        self._q: queue.Queue = queue.Queue()  # bounded by _queued (flows), see submit
+        self._queued = 0
+        self._qlock = threading.Lock()
         self._stop = threading.Event()
         self._accepting = True
         self._warm_up()
@@ -190,20 +194,26 @@ class MicroBatcher:
 
     @property
     def queue_depth(self) -> int:
-        return self._q.qsize()
+        """Flows waiting in the queue."""
+        return self._queued
 
-    def submit(self, raw) -> bool:
-        """Enqueue one raw request without blocking; False = shed (queue full or closing)."""
+    def submit(self, raw, flows: int = 1) -> bool:
+        """Enqueue one raw item carrying `flows` flows without blocking; False = shed (the
+        queue would pass queue_size flows, or closing). An item larger than the whole
+        queue is still taken when the queue is empty."""
+        flows = max(int(flows), 1)
         with self.stats.lock:
-            self.stats.received += 1
+            self.stats.received += flows
         if self._accepting:
-            try:
-                self._q.put_nowait((raw, time.perf_counter()))
+            with self._qlock:
+                fits = self._queued == 0 or self._queued + flows <= self.queue_size
+                if fits:
+                    self._queued += flows
+            if fits:
+                self._q.put_nowait((raw, time.perf_counter(), flows))
                 return True
-            except queue.Full:
-                pass
         with self.stats.lock:
-            self.stats.shed += 1
+            self.stats.shed += flows
         return False
 
     def close(self, timeout: float = 30.0) -> bool:
@@ -215,25 +225,30 @@ class MicroBatcher:
 
     # ---- worker thread ------------------------------------------------------------------
     def _take(self) -> list:
+        """Items for one micro-batch: up to max_batch flows (at least one item), waiting at
+        most max_wait after the first."""
         try:
             first = self._q.get(timeout=0.05)
         except queue.Empty:
             return []
         items = [first]
+        flows = first[2]
         deadline = time.perf_counter() + self.max_wait
-        while len(items) < self.max_batch:
+        while flows < self.max_batch:
             try:
-                items.append(self._q.get_nowait())
-                continue
+                it = self._q.get_nowait()
             except queue.Empty:
-                pass
-            left = deadline - time.perf_counter()
-            if left <= 0:
-                break
-            try:
-                items.append(self._q.get(timeout=left))
-            except queue.Empty:
-                break
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    break
+                try:
+                    it = self._q.get(timeout=left)
+                except queue.Empty:
+                    break
+            items.append(it)
+            flows += it[2]
+        with self._qlock:
+            self._queued -= flows
         return items
 
     def _warm_up(self) -> None:
@@ -268,7 +283,7 @@ class MicroBatcher:
         """Decode, build samples and score one batch; one result per answerable request."""
         spec = self.spec
         results: list[FlowResult] = []
-        batch = self.decode([raw for raw, _ in items])
+        batch = self.decode([it[0] for it in items])
         for i, e in batch.errors:
             if isinstance(e, RequestError):
                 self.stats.error(e.kind, str(e))
@@ -334,7 +349,7 @@ class MicroBatcher:
                 m += 1
             results.append(r)
         with self.stats.lock:
-            self.stats.batches.observe(len(items))
+            self.stats.batches.observe(sum(it[2] for it in items))
             self.stats.scored += m
             for r in results:
                 self.stats.statuses[r.status] = self.stats.statuses.get(r.status, 0) + 1

@@ -36,7 +36,7 @@ def render(stats: ServingStats, queue_depth: int, extra: dict[str, float] | None
     """All series as exposition text."""
     with stats.lock:
         lines = [
-            "# HELP semiflow_requests_received_total Flow requests received from Zeek.",
+            "# HELP semiflow_requests_received_total Flows received from Zeek, batched or not.",
             "# TYPE semiflow_requests_received_total counter",
             f"semiflow_requests_received_total {stats.received}",
             "# HELP semiflow_flows_scored_total Flows scored by the model.",
@@ -54,10 +54,10 @@ def render(stats: ServingStats, queue_depth: int, extra: dict[str, float] | None
                   "# TYPE semiflow_verdicts_total counter"]
         lines += [f'semiflow_verdicts_total{{status="{_label(k)}"}} {v}'
                   for k, v in sorted(stats.statuses.items())]
-        lines += _histogram("semiflow_batch_size", "Requests per micro-batch.", stats.batches)
+        lines += _histogram("semiflow_batch_size", "Flows per micro-batch.", stats.batches)
         lines += _histogram("semiflow_latency_seconds",
                             "Request received -> verdict ready.", stats.latency)
-    lines += ["# HELP semiflow_queue_depth Requests waiting for the scorer.",
+    lines += ["# HELP semiflow_queue_depth Flows waiting for the scorer.",
               "# TYPE semiflow_queue_depth gauge", f"semiflow_queue_depth {queue_depth}"]
     for k, v in (extra or {}).items():
         lines += [f"# TYPE {k} gauge", f"{k} {v:g}"]

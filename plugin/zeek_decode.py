@@ -1,4 +1,5 @@
-"""Micro-batch decoding of SemiFlow::flow_request texts, and fast verdict encoding.
+"""Micro-batch decoding of SemiFlow::flow_request and flow_batch texts, and fast verdict
+encoding.
 
 The live path's hot loop (docs/zeek.md "Where the time goes"): a batch of raw WebSocket
 texts -> one `RequestBatch` (flow keys + every frame's bytes in ONE blob) that
@@ -7,6 +8,8 @@ orjson parse, a flat check of the 13 arguments' tags and JSON types, binascii ba
 Anything the fast check does not accept goes through the thorough path (stdlib json +
 zeek_wire.parse_event/flow_request_from_args), which is the authority on what is valid and
 produces the error messages: the fast path only ever accepts what the thorough one does.
+flow_batch messages (several flows each) are decoded by plugin/zeek_batch.py and joined
+with the per-flow requests of the same micro-batch.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 from semiflow.detector.serving import RequestBatch, RequestError
 
 from . import zeek_wire as zw
+from .zeek_batch import decode_batch
 
 try:  # 3-10x faster than json on these messages (benchmarks/decode_benchmark.py)
     import orjson
@@ -105,12 +109,27 @@ def _thorough(raw: str | bytes) -> tuple:
             (r.orig_h, r.orig_p, r.resp_h, r.resp_p))
 
 
+def _batch_args(msg) -> list | None:
+    """The raw arguments if msg is a flow_batch data-message, else None."""
+    try:
+        if msg["type"] != "data-message":
+            return None
+        ev = msg["data"][2]["data"]
+        if not 2 <= len(ev) <= 3 or ev[0]["data"] != zw.FLOW_BATCH:
+            return None
+        args = ev[1]["data"]
+        return args if isinstance(args, list) else []
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return None
+
+
 def _b64(frames: list[str]) -> list[bytes]:
     return [binascii.a2b_base64(f, strict_mode=True) for f in frames]
 
 
 def decode_flow_requests(raws: list) -> RequestBatch:
-    """Raw flow_request texts -> one RequestBatch; bad ones become (index, RequestError)."""
+    """Raw flow_request / flow_batch texts -> one RequestBatch; bad ones become
+    (index, RequestError); every flow of a flow_batch sits at its message's index."""
     keys: list[str] = []
     replies: list[str] = []
     items: list[int] = []
@@ -123,11 +142,17 @@ def decode_flow_requests(raws: list) -> RequestBatch:
     orig_all: list = []
     errors: list[tuple[int, RequestError]] = []
     ids: list[tuple[str, str, str, str]] = []
+    parts: list[RequestBatch] = []
     for i, raw in enumerate(raws):
         try:
             msg = _loads(raw)
         except (ValueError, TypeError):
             msg = None
+        if isinstance(msg, dict):
+            bargs = _batch_args(msg)
+            if bargs is not None:
+                parts.append(decode_batch(bargs, raw, i))
+                continue
         vals = _fast(msg) if isinstance(msg, dict) else None
         data = None
         if vals is not None:
@@ -166,12 +191,20 @@ def decode_flow_requests(raws: list) -> RequestBatch:
         wire_len = np.array(wl_all, np.int64)
     except OverflowError:  # counts beyond int64: no real frame has them
         return _one_by_one(raws) if len(raws) > 1 else _overflow(raws[0])
-    return RequestBatch(keys=keys, replies=replies, items=items, ks=k_arr,
-                        blob=np.frombuffer(b"".join(chunks), np.uint8), frame_off=off,
-                        frame_len=lens, linktype=linktype,
-                        ts=np.array(ts_all, np.float64), wire_len=wire_len,
-                        is_orig=np.array(orig_all, np.bool_), flow_start=flow_start,
-                        errors=errors, ids=ids)
+    singles = RequestBatch(keys=keys, replies=replies, items=items, ks=k_arr,
+                           blob=np.frombuffer(b"".join(chunks), np.uint8), frame_off=off,
+                           frame_len=lens, linktype=linktype,
+                           ts=np.array(ts_all, np.float64), wire_len=wire_len,
+                           is_orig=np.array(orig_all, np.bool_), flow_start=flow_start,
+                           errors=errors, ids=ids)
+    if not parts:
+        return singles
+    if len(parts) == 1 and not keys and not errors:
+        return parts[0]
+    # Item positions are already those of the micro-batch: no shift.
+    out = RequestBatch.concat([(0, singles)] + [(0, p) for p in parts])
+    out.errors.sort(key=lambda e: e[0])
+    return out
 
 
 def _overflow(raw) -> RequestBatch:
@@ -208,7 +241,8 @@ def verdict_text(topic: str, v: zw.Verdict) -> str:
     if v.packets < 0:
         raise zw.WireError("type", f"count must be >= 0, got {v.packets}")
     s = json.dumps
+    a = zw.ascii_text  # no \\u escapes: Zeek <= 7.2 rejects them (zeek/zeek#3989)
     return (_VERDICT_HEAD % s(topic)) + _VERDICT_ARGS % (
-        s(v.uid), s(v.status), _real(v.score), _real(v.threshold),
-        "true" if v.anomalous else "false", int(v.packets), s(v.model), s(v.model_version),
-        s(v.detail))
+        s(a(v.uid)), s(a(v.status)), _real(v.score), _real(v.threshold),
+        "true" if v.anomalous else "false", int(v.packets), s(a(v.model)),
+        s(a(v.model_version)), s(a(v.detail)))

@@ -4,8 +4,9 @@ Used by tests and benchmarks to produce exactly the flow_request events the Zeek
 would publish for a capture, without Zeek. Connections are cut as plugin/flowscan.py cuts
 them (Zeek's keying, originator rule, timeouts); per connection the script keeps the frames
 whose transport payload is > 0 (all frames with select_all), cuts them at snaplen, stops at
-k, and publishes at the k-th frame, at max_wait after the first packet, or at removal.
-Connections with no such frame are logged locally as no_payload (no request).
+k, and publishes at the k-th frame, at max_wait after the first kept frame (collect.zeek
+arms its timer there), or at removal. Connections with no such frame are logged locally
+as no_payload (no request), at removal.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class Conn:
     flags: int = 0
     frames: list = field(default_factory=list)
     done: bool = False
+    first_sel: float = math.inf  # ts of the first kept frame: max_wait counts from here
 
 
 @dataclass
@@ -159,8 +161,8 @@ class ZeekSelection:
 
     def _expire(self, now: float) -> None:
         for key, c in list(self.conns.items()):
-            if not c.done and now - c.first_ts >= self.cfg.max_wait:
-                self._flush(c, c.first_ts + self.cfg.max_wait)
+            if not c.done and now - c.first_sel >= self.cfg.max_wait:
+                self._flush(c, c.first_sel + self.cfg.max_wait)
             if now - c.last_ts > self._timeout(c):
                 self._flush(c, now)
                 del self.conns[key]
@@ -201,12 +203,14 @@ class ZeekSelection:
             c.flags |= 2 if rst else 0
         if c.done:
             return  # collect.zeek: early return once published
-        if not c.done and ts - c.first_ts >= self.cfg.max_wait:
-            self._flush(c, c.first_ts + self.cfg.max_wait)
+        if not c.done and ts - c.first_sel >= self.cfg.max_wait:
+            self._flush(c, c.first_sel + self.cfg.max_wait)
             return
         if not self.cfg.select_all and _payload_len(buf, info) == 0:
             return
         data = raw[:self.cfg.snaplen] if self.cfg.snaplen else raw
+        if not c.frames:
+            c.first_sel = ts
         c.frames.append((data, ts, wire_len, bool(is_orig)))
         if len(c.frames) >= self.cfg.k:
             self._flush(c, ts)
@@ -216,6 +220,42 @@ class ZeekSelection:
             self._flush(c, c.last_ts if math.isinf(now) else now)
         self.conns.clear()
         return self.events
+
+
+class BatchPolicy:
+    """batch.zeek's publishing rule on a clock the caller supplies (network time in Zeek):
+    a finished flow joins the buffer; the buffer goes out when it holds batch_size flows,
+    or at once if nothing was published within the last batch_wait (a quiet sensor adds no
+    delay), or batch_wait after the flow that started it (`due`), or at the end (`flush`)."""
+
+    def __init__(self, batch_size: int = 64, batch_wait: float = 0.02):
+        self.batch_size = batch_size
+        self.batch_wait = batch_wait
+        self.buf: list = []
+        self.deadline = math.inf
+        self.last_publish = -math.inf
+
+    def _publish(self, now: float) -> list:
+        out, self.buf = self.buf, []
+        self.deadline = math.inf
+        self.last_publish = now
+        return out
+
+    def add(self, item, now: float) -> list | None:
+        """Queue one flow; returns the batch to publish now, if any."""
+        self.buf.append(item)
+        if len(self.buf) >= self.batch_size or now - self.last_publish >= self.batch_wait:
+            return self._publish(now)
+        if len(self.buf) == 1:
+            self.deadline = now + self.batch_wait
+        return None
+
+    def due(self, now: float) -> list | None:
+        """The buffered batch if its batch_wait timer has fired by `now`."""
+        return self._publish(now) if self.buf and now >= self.deadline else None
+
+    def flush(self, now: float) -> list | None:
+        return self._publish(now) if self.buf else None
 
 
 def capture_to_events(paths, cfg: ZeekSideConfig | None = None,

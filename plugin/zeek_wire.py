@@ -25,6 +25,8 @@ ZEEK_TO_JSON = {
 
 FLOW_REQUEST = "SemiFlow::flow_request"
 VERDICT = "SemiFlow::verdict"
+FLOW_BATCH = "SemiFlow::flow_batch"
+VERDICT_BATCH = "SemiFlow::verdict_batch"
 
 # Event name -> ordered (argument, Zeek type). The ONE Python copy of main.zeek's
 # declarations; "vector of T" is a vector of scalars.
@@ -40,6 +42,20 @@ EVENTS: dict[str, tuple[tuple[str, str], ...]] = {
         ("uid", "string"), ("status", "string"), ("score", "double"),
         ("threshold", "double"), ("anomalous", "bool"), ("packets", "count"),
         ("model", "string"), ("model_version", "string"), ("detail", "string"),
+    ),
+    FLOW_BATCH: (
+        ("reply_topic", "string"), ("uids", "vector of string"), ("linktype", "count"),
+        ("k", "count"), ("snaplen", "count"), ("orig_h", "vector of addr"),
+        ("orig_p", "vector of port"), ("resp_h", "vector of addr"),
+        ("resp_p", "vector of port"), ("n_frames", "vector of count"),
+        ("frames", "vector of string"), ("ts", "vector of double"),
+        ("wire_len", "vector of count"), ("is_orig", "vector of bool"),
+    ),
+    VERDICT_BATCH: (
+        ("uids", "vector of string"), ("statuses", "vector of string"),
+        ("scores", "vector of double"), ("threshold", "double"),
+        ("anomalous", "vector of bool"), ("packets", "vector of count"),
+        ("model", "string"), ("model_version", "string"), ("details", "vector of string"),
     ),
 }
 
@@ -58,6 +74,15 @@ class WireError(ValueError):
     def __init__(self, kind: str, message: str):
         super().__init__(message)
         self.kind = kind
+
+
+def ascii_text(s: str) -> str:
+    """Printable ASCII only: anything else becomes '?'. Zeek 6.0-7.2 reject every \\u escape
+    (zeek/zeek#3989; fixed in the Broker of 8.0) and json.dumps writes one for each
+    non-ASCII or control character, so the content is cleaned, not the encoding."""
+    if s.isascii() and s.isprintable():
+        return s
+    return "".join(c if " " <= c <= "~" else "?" for c in s)
 
 
 def _py_type(zt: str):
@@ -81,7 +106,9 @@ def encode_value(zeek_type: str, value) -> dict:
             raise WireError("type", f"count must be >= 0, got {value}")
     elif zeek_type == "bool":
         value = bool(value)
-    elif zeek_type in ("string", "addr", "port"):
+    elif zeek_type == "string":
+        value = ascii_text(str(value))
+    elif zeek_type in ("addr", "port"):
         value = str(value)
     return {"@data-type": jt, "data": value}
 
@@ -132,7 +159,9 @@ def parse_event(msg: dict) -> tuple[str, str, list]:
         args = ev[1]["data"]
     except (KeyError, IndexError, TypeError) as e:
         raise WireError("shape", f"not an event: {e!r}") from None
-    # Zeek 6-7 append a metadata vector; 8.x only with add_network_timestamp.
+    # Zeek 6-7 append [[count 1, timestamp]]; Zeek 8 always appends a metadata vector,
+    # empty without add_network_timestamp (src/cluster/serializer/broker/Serializer.cc@
+    # v8.0.0:95).
     if not (2 <= len(ev) <= 3) or not isinstance(args, list) or not isinstance(name, str):
         raise WireError("shape", "event vector must be [name, args(, metadata)]")
     return msg.get("topic", ""), name, args
@@ -227,3 +256,32 @@ class Verdict:
     @classmethod
     def from_args(cls, args: list) -> Verdict:
         return cls(**decode_args(VERDICT, args))
+
+
+def flow_batch_args(requests: list[list]) -> list:
+    """flow_request argument lists (declaration order, frames base64) -> the flow_batch
+    arguments that carry the same flows, as batch.zeek publishes them. Every request must
+    share reply_topic, linktype, k and snaplen (one worker, one packet source)."""
+    if not requests:
+        raise ValueError("a batch needs at least one flow")
+    shared = {tuple(r[i] for i in (1, 6, 7, 8)) for r in requests}
+    if len(shared) != 1:
+        raise ValueError("flows of one batch must share reply_topic, linktype, k, snaplen")
+    reply, lt, k, snap = shared.pop()
+    col = list(zip(*requests))
+    cat = [x for r in requests for x in r[9]], [x for r in requests for x in r[10]], \
+        [x for r in requests for x in r[11]], [x for r in requests for x in r[12]]
+    return [reply, list(col[0]), lt, k, snap, list(col[2]), list(col[3]), list(col[4]),
+            list(col[5]), [len(r[9]) for r in requests], *cat]
+
+
+def verdicts_from_batch_args(args: list) -> list[Verdict]:
+    """A verdict_batch's arguments -> one Verdict per flow (raises WireError)."""
+    d = decode_args(VERDICT_BATCH, args)
+    n = len(d["uids"])
+    if not all(len(d[x]) == n for x in ("statuses", "scores", "anomalous", "packets",
+                                         "details")):
+        raise WireError("value", "verdict_batch vectors have different lengths")
+    return [Verdict(u, st, sc, d["threshold"], a, p, d["model"], d["model_version"], de)
+            for u, st, sc, a, p, de in zip(d["uids"], d["statuses"], d["scores"],
+                                            d["anomalous"], d["packets"], d["details"])]

@@ -24,6 +24,7 @@ from semiflow.detector.serving import (
     ServingStats,
 )
 from semiflow.plugin import zeek_wire as zw
+from semiflow.plugin.zeek_batch import BatchReply, batch_head, is_batch, verdict_batch_text
 from semiflow.plugin.zeek_decode import decode_flow_requests, head_of, verdict_text
 
 log = logging.getLogger("semiflow.serve")
@@ -60,25 +61,46 @@ class ServeApp:
                  "semiflow_zeek_connects_total": float(self.client.connects),
                  "semiflow_verdicts_dropped_total": float(self.client.dropped)}))
 
-    def _verdict_text(self, r: FlowResult) -> str:
-        v = zw.Verdict(r.key, r.status, r.score, self.scorer.threshold, r.anomalous,
-                       r.packets, self.scorer.model_name, self.scorer.model_version,
-                       r.detail)
-        return verdict_text(r.reply, v)
+    def _verdict(self, r: FlowResult) -> zw.Verdict:
+        return zw.Verdict(r.key, r.status, r.score, self.scorer.threshold, r.anomalous,
+                          r.packets, self.scorer.model_name, self.scorer.model_version,
+                          r.detail)
+
+    def _texts(self, results: list[FlowResult]) -> list[str]:
+        """Verdict messages: one verdict per flow_request, one verdict_batch per reply
+        topic for the flows that came in flow_batch events."""
+        texts = []
+        batched: dict[str, list[zw.Verdict]] = {}
+        for r in results:
+            if isinstance(r.reply, BatchReply):
+                batched.setdefault(r.reply.topic, []).append(self._verdict(r))
+            elif r.reply:
+                texts.append(verdict_text(r.reply, self._verdict(r)))
+        sc = self.scorer
+        texts += [verdict_batch_text(t, vs, sc.threshold, sc.model_name, sc.model_version)
+                  for t, vs in batched.items()]
+        return texts
 
     def _on_message(self, raw: str) -> None:
-        """On the event loop: enqueue, or answer 'shed' at once."""
-        if self.batcher.submit(raw):
+        """On the event loop: enqueue (weighted by the flows a batch names), or answer
+        'shed' at once."""
+        head = batch_head(raw) if is_batch(raw) else None
+        if self.batcher.submit(raw, len(head[1]) if head else 1):
             return
-        head = head_of(raw)
-        if head is None:
-            return  # not a flow request (or unreadable): nothing to answer
-        self.client.publish(self._verdict_text(FlowResult(
-            head[0], head[1], STATUS_SHED, detail="detector queue full")))
+        if head is not None:
+            shed = [FlowResult(u, BatchReply(head[0]), STATUS_SHED, detail="detector queue full")
+                    for u in head[1]]
+        else:
+            one = head_of(raw)
+            if one is None:
+                return  # not a flow request (or unreadable): nothing to answer
+            shed = [FlowResult(one[0], one[1], STATUS_SHED, detail="detector queue full")]
+        for t in self._texts(shed):
+            self.client.publish(t)
 
     def _on_results(self, results: list[FlowResult]) -> None:
         """On the worker thread: encode here, hand the texts to the loop."""
-        texts = [self._verdict_text(r) for r in results if r.reply]
+        texts = self._texts(results)
         if texts and self.loop is not None:
             self.loop.call_soon_threadsafe(self._publish_many, texts)
 

@@ -109,7 +109,8 @@ def _key(orig_h, orig_p, resp_h, resp_p, ts):
 
 def test_live_bytes_equal_offline_extract(events, tmp_path):
     """The bytes the detector scores (Zeek JSON -> decode -> build_flow_sample) are the
-    bytes `semiflow extract` writes for the same capture, flow for flow."""
+    bytes `semiflow extract` writes for the same capture, flow for flow: per-flow requests
+    and flow_batch events (batches of 1, 5 and 64 flows, as batch.zeek publishes them)."""
     from zeek_double import zeek_json
 
     from semiflow.cli_serve import decode_requests
@@ -121,14 +122,19 @@ def test_live_bytes_equal_offline_extract(events, tmp_path):
     index = {_key(r.orig_h, r.orig_p, r.resp_h, r.resp_p, r.ts): r for r in flows.itertuples()}
     reqs = [e for e in evs if e.kind == "request"]
     assert len(reqs) >= 20
-    b = decode_requests([zeek_json(e.message()) for e in reqs])  # what serve's worker does
-    assert not b.errors and b.keys == [e.uid for e in reqs]
-    live = build_flow_samples(b.blob, b.frame_off, b.frame_len, b.linktype, b.ts, b.wire_len,
-                              b.is_orig, b.flow_start, SPEC)
-    for i, e in enumerate(reqs):
-        off = index[_key(*e.conn_id, e.first_ts)]
-        assert live.n_selected[i] == off.n_selected
-        assert np.array_equal(live.data[i], store.samples[off.row]), e.uid
+    single = [zeek_json(e.message()) for e in reqs]
+    batched = {n: [zeek_json(zw.event_message(reqs[i].topic, zw.FLOW_BATCH, zw.flow_batch_args(
+        [x.args for x in reqs[i:i + n]]))) for i in range(0, len(reqs), n)]
+        for n in (1, 5, 64)}
+    for texts in [single, *batched.values()]:
+        b = decode_requests(texts)  # what serve's worker does with one micro-batch
+        assert not b.errors and b.keys == [e.uid for e in reqs]
+        live = build_flow_samples(b.blob, b.frame_off, b.frame_len, b.linktype, b.ts,
+                                  b.wire_len, b.is_orig, b.flow_start, SPEC)
+        for i, e in enumerate(reqs):
+            off = index[_key(*e.conn_id, e.first_ts)]
+            assert live.n_selected[i] == off.n_selected
+            assert np.array_equal(live.data[i], store.samples[off.row]), e.uid
     # Every offline flow with a sample was requested; the others were logged locally.
     local = [e for e in evs if e.kind == "local"]
     assert len(reqs) + len(local) == len(flows)
@@ -203,6 +209,55 @@ def test_serve_end_to_end_semiflow_log(model, events, tmp_path):
     assert metrics["semiflow_requests_received_total"] == len(reqs)
     assert metrics["semiflow_flows_scored_total"] == len(reqs)
     assert metrics['semiflow_latency_seconds_bucket{le="+Inf"}'] == len(reqs)
+
+
+def test_serve_answers_batches_with_verdict_batches(model, events):
+    """flow_batch in -> verdict_batch out (to the batch's reply topic), one entry per flow,
+    scores equal to direct scoring; a per-flow request in the same stream still gets a
+    per-flow verdict; a batch with one bad frame fails that flow only; a batch the double
+    would reject never reaches serve."""
+    from semiflow.detector.scoring import load_scorer
+
+    _, evs = events
+    reqs = [e for e in evs if e.kind == "request"]
+    groups = [reqs[:-1][i:i + 16] for i in range(0, len(reqs) - 1, 16)]
+    last = reqs[-1]
+    bad = zw.flow_batch_args([e.args for e in reqs[:3]])
+    bad[1] = ["BadA", "BadB", "BadC"]
+    bad[10] = list(bad[10])
+    bad[10][len(reqs[0].args[9])] = "***"  # BadB's first frame
+
+    async def main():
+        dbl = await ZeekDouble().start()
+        proc = start_serve(model, dbl.url, "--max-wait-ms", "2")
+        try:
+            await wait_for(lambda: dbl.clients, 90, "serve connect")
+            for g in groups:
+                await dbl.publish(g[0].topic, zw.FLOW_BATCH,
+                                  zw.flow_batch_args([e.args for e in g]))
+            await dbl.publish(last.topic, zw.FLOW_REQUEST, last.args)
+            await dbl.publish(last.topic, zw.FLOW_BATCH, bad)
+            await wait_for(lambda: len(dbl.verdicts()) >= len(reqs) + 3, 90, "verdicts")
+            await asyncio.sleep(0.3)  # nothing is answered twice
+        finally:
+            out = stop(proc)
+            await dbl.stop()
+        return dbl, out, proc.returncode
+    dbl, out, rc = asyncio.run(main())
+    assert rc == 0, out[-2000:]
+    got = {v.uid: v for v in dbl.verdicts()}
+    assert len(dbl.verdicts()) == len(got) == len(reqs) + 3
+    ev = dbl.verdict_events()
+    assert ev[zw.VERDICT] == 1 and ev[zw.VERDICT_BATCH] <= len(groups) + 1
+    assert all(t == zw.DEFAULT_VERDICT_TOPIC for t, _, _ in dbl.received)
+    assert got["BadB"].status == "error" and "base64" in got["BadB"].detail
+    assert got["BadA"].status == got["BadC"].status == "ok"
+    scorer = load_scorer(model, device="cpu")
+    samples = np.stack([build_flow_sample(zw.flow_request_from_args(
+        zw.parse_event(e.message())[2]).frame_tuples(), SPEC).data for e in reqs])
+    want = scorer.score_flows(samples, np.array([got[e.uid].packets for e in reqs]))
+    assert np.allclose([got[e.uid].score for e in reqs], want, rtol=1e-5, atol=1e-6)
+    assert all(got[e.uid].status == "ok" and got[e.uid].model == "tiny" for e in reqs)
 
 
 def test_malformed_messages_get_error_verdicts_and_serve_survives(model, events, tmp_path):

@@ -242,7 +242,7 @@ def test_allowlisted_flows_are_answered_without_scoring(requests, tmp_path):
                       allow=_allow_hook(str(path)))
     calls.clear()  # the batcher's warm-up call
     try:
-        out = mb.process([(t, 0.0) for t in texts])
+        out = mb.process([(t, 0.0, 1) for t in texts])
     finally:
         mb.close()
     by = {r.key: r for r in out}

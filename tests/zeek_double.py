@@ -5,16 +5,26 @@ Every behaviour cites where it comes from:
          HandleSubscriptions, HandleEvent, SendError, SendAck)
   [DOC]  docs.zeek.org "Interacting with Zeek using WebSockets" and Broker's "Web Socket"
          chapter (JSON v1 encoding)
-  [OPT]  zeek/zeek scripts/base/frameworks/cluster/types.zeek WebSocketServerOptions
-         (ping_interval default 5 sec; a client not answering pings is disconnected)
-  [FACT] /work/shared/docs/zeek-facts.md (read from the Zeek source)
+  [OPT]  zeek/zeek scripts/base/frameworks/cluster/main.zeek@v8.0.0:364-380 (types.zeek
+         from 8.1) WebSocketServerOptions (ping_interval default 5 sec; a client not
+         answering pings is disconnected)
+  [SER]  zeek/zeek src/cluster/serializer/broker/Serializer.cc@v8.0.0:95 (events always carry
+         a metadata vector, empty by default); Zeek 6/7 append [[count 1, timestamp]]
+  [JSON] broker libbroker/broker/internal/json.cc (broker@06d49194): the JSON v1 decoder;
+         `real` needs a floating-point literal (:50-52)
+  [FACT] shared/docs/zeek-facts.md and shared/docs/zeek-review.md of the team notes (read
+         from the Zeek source; the review's S7 lists what this double must do)
+
+Line numbers are those of src/cluster/websocket/WebSocket.cc@v8.0.0 unless said otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import math
+import re
 
 import websockets
 
@@ -50,35 +60,88 @@ def zeek_json(v) -> str:
     raise TypeError(type(v))
 
 
-def _strict_type_ok(value, zeek_type: str) -> bool:
-    """Zeek's conversion: count vs integer must match; a real needs a '.'/exponent [FACT]."""
+_PORT = re.compile(r"\d{1,5}/(tcp|udp|icmp|\?)")
+
+
+def _addr_ok(d) -> bool:
+    try:
+        ipaddress.ip_address(d)
+        return True
+    except ValueError:
+        return False
+
+
+# [JSON] what Broker's JSON decoder accepts per @data-type (else the message fails to
+# decode: "failed to decode JSON object", :508).
+_JSON_OK = {
+    "string": lambda d: isinstance(d, str),
+    "address": lambda d: isinstance(d, str) and _addr_ok(d),
+    "port": lambda d: isinstance(d, str) and bool(_PORT.fullmatch(d)) and
+    int(d.split("/")[0]) < 65536,
+    "count": lambda d: isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**64,
+    "integer": lambda d: isinstance(d, int) and not isinstance(d, bool) and
+    -2**63 <= d < 2**63,
+    "real": lambda d: isinstance(d, float),
+    "boolean": lambda d: isinstance(d, bool),
+    "vector": lambda d: isinstance(d, list) and all(_json_value_ok(x) for x in d),
+    "set": lambda d: isinstance(d, list) and all(_json_value_ok(x) for x in d),
+    "subnet": lambda d: isinstance(d, str) and "/" in d,
+    "timestamp": lambda d: isinstance(d, str),
+    "timespan": lambda d: isinstance(d, str),
+    "enum-value": lambda d: isinstance(d, str),
+    "none": lambda d: d == {},
+}
+
+
+def _json_value_ok(value) -> bool:
+    """[JSON] A JSON v1 value Broker can decode at all (independent of any declaration)."""
     if not isinstance(value, dict) or set(value) != {"@data-type", "data"}:
         return False
+    ok = _JSON_OK.get(value["@data-type"])
+    return ok is not None and ok(value["data"])
+
+
+def _declared_type_ok(value, zeek_type: str) -> bool:
+    """[WS :549] to_zeek_event: the decoded value's tag must be the declared type's."""
     if zeek_type.startswith("vector of "):
         inner = zeek_type[len("vector of "):]
-        return value["@data-type"] == "vector" and isinstance(value["data"], list) and \
-            all(_strict_type_ok(x, inner) for x in value["data"])
-    if value["@data-type"] != zw.ZEEK_TO_JSON[zeek_type]:
-        return False
-    d = value["data"]
-    return {"string": lambda: isinstance(d, str),
-            "addr": lambda: isinstance(d, str),
-            "port": lambda: isinstance(d, str) and "/" in d,
-            "count": lambda: isinstance(d, int) and not isinstance(d, bool) and d >= 0,
-            "int": lambda: isinstance(d, int) and not isinstance(d, bool),
-            "double": lambda: isinstance(d, float),
-            "bool": lambda: isinstance(d, bool)}[zeek_type]()
+        return value["@data-type"] == "vector" and \
+            all(_declared_type_ok(x, inner) for x in value["data"])
+    return value["@data-type"] == zw.ZEEK_TO_JSON[zeek_type]
+
+
+def _strict_type_ok(value, zeek_type: str) -> bool:
+    """Both checks: Broker can decode it and it has the declared type."""
+    return _json_value_ok(value) and _declared_type_ok(value, zeek_type)
+
+
+# [WS :298-301] X-Application-Name must consist of these characters (default "unknown").
+_APP_NAME = re.compile(r"[-/_.=:*@a-zA-Z0-9]*")
+
+
+def event_metadata(style: str) -> list:
+    """[SER] The third element of an event Zeek publishes: "8" -> an empty vector;
+    "6" or "7" -> [[count 1, timestamp]] (network time); "none" -> no third element."""
+    if style == "8":
+        return [{"@data-type": "vector", "data": []}]
+    if style in ("6", "7"):
+        return [{"@data-type": "vector", "data": [{"@data-type": "vector", "data": [
+            {"@data-type": "count", "data": 1},
+            {"@data-type": "timestamp", "data": "2026-11-30T07:00:00.000"}]}]}]
+    return []
 
 
 class ZeekDouble:
     """Serve /v1/messages/json on 127.0.0.1; record the events clients publish to us."""
 
     def __init__(self, subscriptions=(zw.DEFAULT_VERDICT_TOPIC,), ping_interval: float = 5.0,
-                 port: int = 0, version: str = "8.0.0-double"):
+                 port: int = 0, version: str = "8.0.0-double", metadata: str = "8"):
         self.subscriptions = list(subscriptions)  # what "Zeek script" subscribed to
         self.ping_interval = ping_interval
         self.port = port
         self.version = version
+        self.metadata = metadata  # [SER] shape of the events this double publishes
+        self.app_names: list[str] = []  # X-Application-Name of accepted clients
         self.received: list[tuple[str, str, list]] = []  # dispatched (topic, name, args)
         self.errors_sent: list[dict] = []
         self.clients: dict = {}  # ws -> subscribed prefixes (after ack)
@@ -117,20 +180,33 @@ class ZeekDouble:
             await self._error(ws, "invalid_uri", "Invalid URI - use /v1/messages/json")
             await ws.close(1008, "Invalid URI - use /v1/messages/json")
             return
+        app = ws.request.headers.get("X-Application-Name", "unknown")
+        if not _APP_NAME.fullmatch(app):
+            # [WS :298-307] invalid_application_name error then close 1008.
+            await self._error(ws, "invalid_application_name", "Invalid X-Application-Name")
+            await ws.close(1008, "Invalid X-Application-Name")
+            return
         try:
             first = await ws.recv()
-            # [WS] HandleSubscriptions: array of strings, else deserialization_failed.
+            # [WS :430-448] HandleSubscriptions: array of strings, else
+            # deserialization_failed, and then just `return`: the socket stays open, no
+            # ack is ever sent, and later messages wait in the client's queue forever
+            # (Process :586-589 queues messages of a client that is not acked).
             try:
                 subs = json.loads(first)
             except ValueError:
                 subs = None
+            bad = None
             if not isinstance(subs, list):
-                await self._error(ws, "deserialization_failed", "subscriptions not an array")
+                bad = "subscriptions not an array"
+            elif not all(isinstance(s, str) for s in subs):
+                bad = "individual subscription not a string"
+            if bad is not None:
+                await self._error(ws, "deserialization_failed", bad)
+                async for _ in ws:
+                    pass  # queued, never processed
                 return
-            if not all(isinstance(s, str) for s in subs):
-                await self._error(ws, "deserialization_failed",
-                                  "individual subscription not a string")
-                return
+            self.app_names.append(app)
             # [WS] SendAck: {"type":"ack","endpoint":<node id>,"version":<zeek version>}
             await ws.send(zeek_json({"type": "ack", "endpoint": f"double-{id(ws):x}",
                                      "version": self.version}))
@@ -143,24 +219,36 @@ class ZeekDouble:
             self.clients.pop(ws, None)
 
     async def _client_message(self, ws, text) -> None:
-        # [WS] HandleEvent: decode JSON v1, topic required, then to_zeek_event().
+        # [WS :498-508] HandleEvent: Broker's JSON v1 decode first; any value it cannot
+        # decode (a real sent as an int, a negative count, a malformed address or port,
+        # an unknown @data-type) fails the whole message here.
         try:
             msg = json.loads(text)
-            _ = msg["data"][2]["data"]
-        except (ValueError, KeyError, IndexError, TypeError):
+            ok = isinstance(msg, dict) and msg.get("type") == "data-message" and \
+                msg.get("@data-type") == "vector" and \
+                all(_json_value_ok(x) for x in msg.get("data") or [None])
+        except (ValueError, RecursionError):
+            ok = False
+        if not ok:
             await self._error(ws, "deserialization_failed", "failed to decode JSON object")
             return
-        topic = msg.get("topic") if isinstance(msg, dict) else None
-        if not topic:
+        topic = msg.get("topic")
+        if not topic:  # [WS :510-514]
             await self._error(ws, "deserialization_failed", "no topic in top-level JSON object")
             return
-        ev = msg["data"][2]["data"]
-        name = ev[0].get("data") if ev and isinstance(ev[0], dict) else None
-        args = ev[1].get("data") if len(ev) > 1 and isinstance(ev[1], dict) else None
+        # [WS :549] to_zeek_event: layout [1, 1, [name, args(, metadata)]], a declared
+        # event, its arity, and each value's tag equal to the declared type.
+        try:
+            outer = msg["data"]
+            ev = outer[2]["data"]
+            name = ev[0]["data"] if ev[0]["@data-type"] == "string" else None
+            args = ev[1]["data"] if ev[1]["@data-type"] == "vector" else None
+            shape = len(outer) == 3 and 2 <= len(ev) <= 3
+        except (IndexError, KeyError, TypeError):
+            name, args, shape = None, None, False
         decl = DECLARED.get(name)
-        if decl is None or not isinstance(args, list) or len(args) != len(decl) or \
-                not all(_strict_type_ok(a, t) for a, (_, t) in zip(args, decl)):
-            # [WS] to_zeek_event fails for unknown events, wrong arity or types.
+        if not shape or decl is None or args is None or len(args) != len(decl) or \
+                not all(_declared_type_ok(a, t) for a, (_, t) in zip(args, decl)):
             await self._error(ws, "deserialization_failed", "failed to create Zeek event")
             return
         # [FACT] dispatched on this node only if subscribed to a prefix of the topic.
@@ -180,8 +268,11 @@ class ZeekDouble:
 
     async def publish(self, topic: str, name: str, args: list) -> int:
         """Zeek script publishing an event; returns how many clients got it. Events
-        before the ack are discarded [WS: DoProcessEvent drops if ! IsAcked()]."""
-        text = zeek_json(zw.event_message(topic, name, args))
+        before the ack are discarded [WS :66 drops if ! IsAcked()]. The event carries the
+        metadata element of self.metadata's Zeek version [SER]."""
+        msg = zw.event_message(topic, name, args)
+        msg["data"][2]["data"] += event_metadata(self.metadata)
+        text = zeek_json(msg)
         n = 0
         for c, subs in list(self.clients.items()):
             if any(topic.startswith(p) for p in subs):
@@ -193,4 +284,19 @@ class ZeekDouble:
         return n
 
     def verdicts(self) -> list[zw.Verdict]:
-        return [zw.Verdict.from_args(a) for _, n, a in self.received if n == zw.VERDICT]
+        """Every flow's verdict received so far: per-flow verdicts and the entries of
+        verdict_batch events, in arrival order."""
+        out: list[zw.Verdict] = []
+        for _, n, a in self.received:
+            if n == zw.VERDICT:
+                out.append(zw.Verdict.from_args(a))
+            elif n == zw.VERDICT_BATCH:
+                out += zw.verdicts_from_batch_args(a)
+        return out
+
+    def verdict_events(self) -> dict[str, int]:
+        """How many events of each name were dispatched."""
+        out: dict[str, int] = {}
+        for _, n, _ in self.received:
+            out[n] = out.get(n, 0) + 1
+        return out

@@ -2,7 +2,9 @@
 ##! Loaded by ``@load semiflow`` (zkg links <site>/semiflow to this script_dir).
 @load ./main
 @load ./transport
-@load ./collect
-@load ./verdict
-@load ./cluster
 @load ./allowlist
+@load ./verdict
+@load ./batch
+@load ./collect
+@load ./offline
+@load ./cluster

@@ -3,7 +3,8 @@
 ##!
 ##! The file is read with the Input framework in REREAD mode, so an edited file takes
 ##! effect at the sensor without a restart: allow-listed connections are not published
-##! to the detector (logged with status=allowlisted, so coverage stays visible), and
+##! to the detector (collect.zeek asks `allowlisted` on a connection's first packet and
+##! logs status=allowlisted, so coverage stays visible), and
 ##! Anomalous_Flow notices for them are dropped, including verdicts already in flight.
 ##! File format: plugin/allowlist.py (Zeek ASCII input: #fields header, tab-separated,
 ##! "-" = unset). In a cluster every worker reads its own copy of the file.
@@ -11,7 +12,6 @@
 @load base/frameworks/input
 @load base/frameworks/notice
 @load ./main
-@load ./collect
 
 module SemiFlow;
 
@@ -85,6 +85,8 @@ event zeek_init() &priority=5
 	{
 	if ( allowlist_file == "" )
 		return;
+	# Input::add_table (base/frameworks/input/main.zeek@v6.0.0:211), REREAD: re-read when
+	# the file's inode or mtime changes.
 	Input::add_table([$source=allowlist_file, $name="semiflow_allowlist",
 	                  $idx=AllowIdx, $val=AllowRule, $destination=allowlist,
 	                  $mode=Input::REREAD]);
@@ -96,22 +98,9 @@ event Input::end_of_data(name: string, source: string)
 		Reporter::info(fmt("semiflow: %d allow-list rule(s) from %s", |allowlist|, source));
 	}
 
-# Runs before collect.zeek's handler (priority 0): an allow-listed connection is marked
-# done on its first packet, so it is never collected nor published.
-event new_packet(c: connection, p: pkt_hdr) &priority=10
-	{
-	if ( c?$semiflow || |allowlist| == 0 )
-		return;
-	local r = allowlisted(c$uid, c$id);
-	if ( r == "" )
-		return;
-	c$semiflow = FlowState($done=T);
-	local why = allowlist[r]?$reason ? allowlist[r]$reason : "";
-	log_local(c, "allowlisted", fmt("rule %s: %s", r, why));
-	}
-
 # Verdicts that were in flight when a rule arrived: drop the notice (breaking the hook
-# stops the notice framework's own handlers, logging included).
+# stops the notice framework's own handlers, logging included; Notice::notice hook:
+# base/frameworks/notice/main.zeek@v6.0.0:275, logged at priority -5).
 hook Notice::notice(n: Notice::Info) &priority=10
 	{
 	if ( n$note == Anomalous_Flow && |allowlist| > 0 && n?$uid && n?$id &&

@@ -6,12 +6,16 @@
 ##! Events that cross the wire carry scalars and vectors of scalars only: records such as
 ##! conn_id change shape across Zeek versions (proto in 7.1, ctx in 8.0).
 
+# Version::at_least is defined here; init-default loads it but bare mode (`zeek -b`, the
+# package's btests) does not (scripts/base/init-default.zeek@v8.1.0:97; review L1).
+@load base/misc/version
 @load base/frameworks/notice
 @load base/protocols/conn
 
 module SemiFlow;
 
 export {
+	# Log::ID, Notice::Type: base/frameworks/logging/main.zeek, notice/main.zeek@v6.0.0.
 	redef enum Log::ID += { LOG };
 	## Notice raised for every flow the model scores above its threshold.
 	redef enum Notice::Type += { Anomalous_Flow };
@@ -42,12 +46,23 @@ export {
 	## 1 = no sharding (requests go to request_topic + "0/").
 	const shards: count = 1 &redef;
 
-	## Publish a flow at the latest this long after its first packet, even if it
-	## has fewer than k packets (bounds verdict latency for slow flows).
+	## Publish a flow at the latest this long after its first selected packet, even
+	## if it has fewer than k packets (bounds verdict latency for slow flows).
 	const max_wait: interval = 10 sec &redef;
 	## A flow whose verdict has not arrived this long after its request is logged
-	## with status=timeout (detector down, overloaded or disconnected).
+	## with status=timeout (detector down, overloaded or disconnected). Expiry is
+	## scanned every table_expire_interval (10 s, base/init-bare.zeek), so the line
+	## appears up to that much later.
 	const verdict_timeout: interval = 30 sec &redef;
+
+	## Flows per flow_batch event: a worker publishes its finished flows as one event
+	## when this many are ready (batch.zeek). 1 = one event per flow.
+	const batch_size: count = 64 &redef;
+	## ... or when the oldest buffered flow has waited this long. A flow that finds no
+	## batch published within the last batch_wait goes out at once (a quiet sensor
+	## adds no delay). Timers run on network time: on an idle link they fire up to
+	## packet_source_inactivity_timeout (100 msec, base/init-bare.zeek) late.
+	const batch_wait: interval = 20 msec &redef;
 
 	## Which transport protocols are analysed.
 	const include_protocols: set[transport_proto] = { tcp, udp, icmp } &redef;
@@ -61,12 +76,20 @@ export {
 	## status=unsampled so the coverage gap stays visible.
 	const sampling_rate: double = 1.0 &redef;
 
-	## Standalone: host the WebSocket endpoint the detector connects to.
+	## Host the WebSocket endpoint the detector connects to: standalone on every
+	## version, on the manager of a 7.2-8.0 cluster (transport.zeek, cluster.zeek).
+	## F: another script (or zeekctl UseWebSocket) listens.
 	const listen_websocket: bool = T &redef;
-	## WebSocket listen address/port (Zeek < 8.1; 8.1+ standalone uses the
-	## ZEEK_WEBSOCKET_LISTEN_ADDRESS / ZEEK_WEBSOCKET_LISTEN_PORT environment).
+	## WebSocket listen address/port, on every version.
 	const websocket_addr: addr = 127.0.0.1 &redef;
 	const websocket_port: port = 27759/tcp &redef;
+
+	## Log a no_payload line for in-scope connections that never had a selected
+	## packet (select_all=F only). F: no state, hook or line for them at all.
+	const log_no_payload: bool = T &redef;
+	## Reading a trace (-r): when it ends, publish every collected flow at once and
+	## terminate as soon as every verdict is in (or at once if nobody can answer).
+	const offline_terminate: bool = T &redef;
 
 	## Suppression interval of Anomalous_Flow notices (per orig_h, resp_h, resp_p).
 	const notice_suppression: interval = 1 hr &redef;
@@ -95,7 +118,8 @@ export {
 
 	global log_semiflow: event(rec: Info);
 
-	## Zeek -> detector: one flow's selected frames (docs/wire-format.md).
+	## Zeek -> detector: one flow's selected frames (docs/wire-format.md). Published by
+	## package versions before batching; the detector still answers it.
 	##
 	## uid: the connection uid; reply_topic: where the verdict must go;
 	## orig_h/orig_p/resp_h/resp_p: the connection id as scalars;
@@ -110,6 +134,28 @@ export {
 	                           frames: vector of string, ts: vector of double,
 	                           wire_len: vector of count, is_orig: vector of bool);
 
+	## Zeek -> detector: the finished flows of one worker, as vectors (docs/wire-format.md).
+	##
+	## reply_topic, linktype, k, snaplen: as in flow_request, shared by every flow;
+	## uids/orig_h/orig_p/resp_h/resp_p/n_frames: one entry per flow; frames, ts,
+	## wire_len, is_orig: every flow's frames back to back (flow i owns the next
+	## n_frames[i] entries).
+	global flow_batch: event(reply_topic: string, uids: vector of string,
+	                         linktype: count, k: count, snaplen: count,
+	                         orig_h: vector of addr, orig_p: vector of port,
+	                         resp_h: vector of addr, resp_p: vector of port,
+	                         n_frames: vector of count, frames: vector of string,
+	                         ts: vector of double, wire_len: vector of count,
+	                         is_orig: vector of bool);
+
+	## Detector -> Zeek: the verdicts of (part of) one flow_batch; one entry per flow,
+	## except threshold/model/model_version, which are the model's.
+	global verdict_batch: event(uids: vector of string, statuses: vector of string,
+	                            scores: vector of double, threshold: double,
+	                            anomalous: vector of bool, packets: vector of count,
+	                            model: string, model_version: string,
+	                            details: vector of string);
+
 	## Detector -> Zeek: the verdict for one flow (docs/wire-format.md).
 	##
 	## status: ok | no_payload | unparsed | error | shed | allowlisted; score/threshold are
@@ -121,7 +167,8 @@ export {
 
 event zeek_init() &priority=5
 	{
-	# $path: without it the stream would be written to semi_flow.log.
+	# Log::create_stream (base/frameworks/logging/main.zeek@v6.0.0:411); $path: without
+	# it the stream would be written to semi_flow.log.
 	Log::create_stream(SemiFlow::LOG, [$columns=Info, $ev=log_semiflow,
 	                   $path="semiflow", $policy=log_policy]);
 	}

@@ -1,5 +1,5 @@
 ##! Verdicts back from the detector: pending state, semiflow.log, notices, and a
-##! status for every flow whose verdict never comes.
+##! status for every flow whose verdict never comes, including at shutdown.
 
 @load base/frameworks/notice
 @load ./main
@@ -15,8 +15,14 @@ export {
 		packets: count;
 	};
 
-	## Remember a published request (called by collect.zeek).
+	## Remember a request (called by batch.zeek when a flow is queued for publishing).
 	global add_pending: function(uid: string, id: conn_id, start: time, packets: count);
+
+	## Log one verdict (and raise the notice): what both verdict events do per flow.
+	global record_verdict: function(uid: string, status: string, score: double,
+	                                threshold: double, anomalous: bool, packets: count,
+	                                model: string, model_version: string,
+	                                detail: string);
 
 	## Verdicts that arrived after their pending entry expired (or twice).
 	global late_verdicts: count = 0;
@@ -34,16 +40,18 @@ function pending_expired(t: table[string] of Pending, uid: string): interval
 	}
 
 # The verdict may arrive after the connection is gone, so the state lives here and
-# not in the connection record.
+# not in the connection record. &create_expire/&expire_func: expiry is scanned every
+# table_expire_interval (base/init-bare.zeek@v8.1.0:1908).
 global pending: table[string] of Pending &create_expire=verdict_timeout
 	&expire_func=pending_expired;
 
 function add_pending(uid: string, id: conn_id, start: time, packets: count)
 	{
+	# current_time(): wall clock (src/zeek.bif@v6.0.0), for the latency column.
 	pending[uid] = Pending($id=id, $start=start, $sent=current_time(), $packets=packets);
 	}
 
-event SemiFlow::verdict(uid: string, status: string, score: double, threshold: double,
+function record_verdict(uid: string, status: string, score: double, threshold: double,
                         anomalous: bool, packets: count, model: string,
                         model_version: string, detail: string)
 	{
@@ -71,7 +79,8 @@ event SemiFlow::verdict(uid: string, status: string, score: double, threshold: d
 	Log::write(SemiFlow::LOG, rec);
 
 	if ( status == "ok" && anomalous )
-		# No $conn: the connection may be gone by now (zeek-facts: notices).
+		# NOTICE (base/frameworks/notice/main.zeek@v6.0.0); suppression keys on
+		# [note, identifier]. No $conn: the connection may be gone by now.
 		NOTICE([$note=Anomalous_Flow,
 		        $msg=fmt("anomalous flow %s:%s -> %s:%s (score %.3f > %.3f, %s)",
 		                 p$id$orig_h, p$id$orig_p, p$id$resp_h, p$id$resp_p,
@@ -80,4 +89,46 @@ event SemiFlow::verdict(uid: string, status: string, score: double, threshold: d
 		        $uid=uid, $id=p$id,
 		        $identifier=cat(p$id$orig_h, p$id$resp_h, p$id$resp_p),
 		        $suppress_for=notice_suppression]);
+	}
+
+event SemiFlow::verdict(uid: string, status: string, score: double, threshold: double,
+                        anomalous: bool, packets: count, model: string,
+                        model_version: string, detail: string)
+	{
+	record_verdict(uid, status, score, threshold, anomalous, packets, model,
+	               model_version, detail);
+	}
+
+event SemiFlow::verdict_batch(uids: vector of string, statuses: vector of string,
+                              scores: vector of double, threshold: double,
+                              anomalous: vector of bool, packets: vector of count,
+                              model: string, model_version: string,
+                              details: vector of string)
+	{
+	local n = |uids|;
+	if ( |statuses| != n || |scores| != n || |anomalous| != n || |packets| != n ||
+	     |details| != n )
+		{
+		Reporter::warning(fmt("semiflow: verdict_batch with vectors of different lengths (%d uids) ignored",
+		                      n));
+		return;
+		}
+	for ( i in uids )
+		record_verdict(uids[i], statuses[i], scores[i], threshold, anomalous[i],
+		               packets[i], model, model_version, details[i]);
+	}
+
+event zeek_done() &priority=-5
+	{
+	# Expiry timers are discarded at shutdown (src/Val.cc@v8.1.0:1505-1513
+	# TableValTimer::Dispatch expires only when ! is_expire): log what is left, so
+	# a restart or the end of a trace leaves no flow without a line (review R5).
+	# Connections still open were flushed by their removal hooks before this
+	# (done_with_network() runs session_mgr->Drain() before terminate_zeek() raises
+	# zeek_done, src/zeek-setup.cc@v8.1.0:281, :312).
+	for ( [uid], p in pending )
+		Log::write(SemiFlow::LOG, Info($ts=p$start, $uid=uid, $id=p$id, $status="timeout",
+		                               $packets=p$packets,
+		                               $detail="shutdown before verdict"));
+	clear_table(pending);
 	}
