@@ -6,6 +6,7 @@
     semiflow models promote STORE VERSION --reason ...      make it current (serve follows)
     semiflow models rollback STORE --reason ... [--to V]    back to the one it replaced
     semiflow models diff STORE A B --data EXTRACT [--json]  both scored on the same flows
+    semiflow models reference MODEL_DIR --data EXTRACT...   drift reference for an artifact
 
 `semiflow serve --models STORE` serves the current version and follows promotions.
 """
@@ -63,6 +64,15 @@ def register(sub) -> None:
     d.add_argument("--device", default="cpu")
     d.add_argument("--json", action="store_true", help="print the comparison as JSON")
     d.set_defaults(func=run_diff)
+    r = msub.add_parser("reference", help="write an artifact's drift reference (reference.json) "
+                                          "from the held-out normal flows of its training data")
+    r.add_argument("model", metavar="MODEL_DIR", help="an artifact directory (not in a store: "
+                                                      "store versions are read-only)")
+    r.add_argument("--data", nargs="+", required=True, metavar="EXTRACT",
+                   help="the extraction(s) it was trained on; their held-out normal part "
+                        "(the val and calib split `semiflow train` makes) is the reference")
+    r.add_argument("--device", default="cpu")
+    r.set_defaults(func=run_reference)
 
 
 def _store(path: str, create: bool = False):
@@ -184,4 +194,32 @@ def run_diff(args: argparse.Namespace) -> int:
         t = time.strftime("%Y-%m-%d %H:%M", time.gmtime(b["start"]))
         print(f"  {t}  flows {b['flows']:7d}  flagged A {b['flagged_a']:5d}  "
               f"B {b['flagged_b']:5d}")
+    return 0
+
+
+def run_reference(args: argparse.Namespace) -> int:
+    import numpy as np
+    import pandas as pd
+
+    from semiflow.detector.drift import DriftReference
+    from semiflow.detector.scoring import load_scorer
+    from semiflow.training.dataset import flow_matrix
+    from semiflow.training.evaluate_lab import score_store_rows
+    from semiflow.training.train import normal_parts
+
+    scorer = load_scorer(args.model, device=args.device)
+    parts, stores = normal_parts(args.data, log=lambda m: None)
+    if any(s.spec != scorer.spec for s in stores):
+        raise UsageError(f"{args.data[0]}: extracted with another flow-sample spec than the "
+                         f"model's ({scorer.spec.to_dict()})")
+    held = pd.concat([parts["val"], parts["calib"]])
+    if len(held) < 10:
+        raise UsageError("fewer than 10 held-out normal flows: no reference")
+    idx, rows = held["_store"].to_numpy(), held["row"].to_numpy()
+    samples = flow_matrix(stores, idx, rows, scorer.spec.k, scorer.spec.l)
+    scores = np.empty(len(rows))
+    for i in np.unique(idx):
+        scores[idx == i] = score_store_rows(scorer, stores[i], rows[idx == i])
+    ref = DriftReference.build(samples, held["n_selected"].to_numpy(), scores)
+    print(f"drift reference from {ref.flows} held-out normal flows -> {ref.save(args.model)}")
     return 0

@@ -41,6 +41,9 @@ def test_trained_on_benign_flows_with_the_default_level(sample_run):
     prov = json.loads((sample_run / "model" / "provenance.json").read_text())
     assert prov["split"] == "auto" and prov["parts"]["train"]["flows"] >= 600
     assert prov["parts"]["train"]["ts_max"] <= prov["parts"]["val"]["ts_min"]
+    # the drift reference (detector/drift.py) from the held-out benign flows
+    ref = json.loads((sample_run / "model" / "reference.json").read_text())
+    assert ref["flows"] == prov["parts"]["val"]["flows"] + prov["parts"]["calib"]["flows"]
 
 
 def test_attack_flows_outrank_held_out_benign_flows(sample_run):

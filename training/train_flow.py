@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from semiflow.detector.artifact import save_flow_artifact
+from semiflow.detector.drift import DriftReference
 from semiflow.detector.semiflow_flowlevel import FlowSemiFlowDetector
 from semiflow.detector.semiflow_flownet import FlowNetConfig
 from semiflow.detector.semiflow_inference import auroc as _auroc
@@ -73,4 +74,12 @@ def train_flow(parts: dict[str, pd.DataFrame], stores: list[FlowStore], out: Pat
     provenance = {**provenance, "level": "flow", "device": str(det.device_),
                   "metrics": metrics, "command": provenance.get("command") or " ".join(sys.argv)}
     save_flow_artifact(out, det, spec, threshold, provenance)
+    held = [n for n in ("val", "calib") if len(X[n])]
+    if held and sum(len(X[n]) for n in held) >= 10:
+        ref = DriftReference.build(
+            np.concatenate([X[n] for n in held]),
+            np.concatenate([parts[n]["n_selected"].to_numpy() for n in held]),
+            np.concatenate([val_s if n == "val" else calib_s for n in held]))
+        ref.save(out)
+        log(f"drift reference: {ref.flows} held-out normal flows, services {ref.services}")
     return metrics
