@@ -258,8 +258,12 @@ class MicroBatcher:
             b = RequestBatch.empty()
             build_flow_samples(b.blob, b.frame_off, b.frame_len, b.linktype, b.ts,
                                b.wire_len, b.is_orig, b.flow_start, self.spec)
-            one = np.zeros((1, self.spec.k, self.spec.l), np.uint8)
-            self.scorer.score_flows(one, np.ones(1, np.int64))
+            warm = getattr(self.scorer, "warm_up", None)  # a ModelSlot: not a live flow
+            if warm is not None:
+                warm()
+            else:
+                one = np.zeros((1, self.spec.k, self.spec.l), np.uint8)
+                self.scorer.score_flows(one, np.ones(1, np.int64))
         except Exception as e:  # the real batches will report it
             log.warning("warm-up failed: %r", e)
 

@@ -99,9 +99,15 @@ class ScorerServer:
             for ident, seq, *_ in todo:
                 self.sock.send_multipart([ident, b"error", seq, repr(e).encode()])
             return
+        # the model that scored this batch (a ModelSlot may have swapped in another one):
+        # each decode worker's verdicts name it and use its threshold
+        who = json.dumps({"threshold": float(self.scorer.threshold),
+                          "model_name": self.scorer.model_name,
+                          "model_version": self.scorer.model_version}).encode()
         at = 0
         for ident, seq, n, _ in todo:
-            self.sock.send_multipart([ident, b"scores", seq, scores[at:at + len(n)].tobytes()])
+            self.sock.send_multipart([ident, b"scores", seq, scores[at:at + len(n)].tobytes(),
+                                      who])
             at += len(n)
         self.batches += 1
         self.flows += len(nsel)
@@ -129,6 +135,10 @@ class RemoteScorer:
     def close(self) -> None:
         self.sock.close(0)
 
+    def warm_up(self) -> None:
+        """Nothing to warm here: the scorer process warms its model before serving (an
+        empty sample sent from here would count as a live flow in its shadow and drift)."""
+
     def score_flows(self, samples: np.ndarray, n_selected: np.ndarray) -> np.ndarray:
         samples = np.asarray(samples, np.uint8)
         nsel = np.ascontiguousarray(n_selected, np.int64)
@@ -153,4 +163,8 @@ class RemoteScorer:
             out = np.frombuffer(parts[2], np.float64)
             if len(out) != len(nsel):
                 raise RuntimeError("scorer returned the wrong number of scores")
+            if len(parts) > 3:  # threshold and version of the model that scored them
+                who = json.loads(parts[3])
+                self.threshold = float(who["threshold"])
+                self.model_name, self.model_version = who["model_name"], who["model_version"]
             return out

@@ -59,8 +59,13 @@ def render(stats: ServingStats, queue_depth: int, extra: dict[str, float] | None
                             "Request received -> verdict ready.", stats.latency)
     lines += ["# HELP semiflow_queue_depth Flows waiting for the scorer.",
               "# TYPE semiflow_queue_depth gauge", f"semiflow_queue_depth {queue_depth}"]
+    typed = set()
     for k, v in (extra or {}).items():
-        lines += [f"# TYPE {k} gauge", f"{k} {v:g}"]
+        base = k.split("{", 1)[0]  # name{label="..."}: one TYPE line per metric name
+        if base not in typed:
+            typed.add(base)
+            lines.append(f"# TYPE {base} {'counter' if base.endswith('_total') else 'gauge'}")
+        lines.append(f"{k} {v:g}")
     return "\n".join(lines) + "\n"
 
 

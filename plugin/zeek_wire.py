@@ -27,6 +27,7 @@ FLOW_REQUEST = "SemiFlow::flow_request"
 VERDICT = "SemiFlow::verdict"
 FLOW_BATCH = "SemiFlow::flow_batch"
 VERDICT_BATCH = "SemiFlow::verdict_batch"
+MODEL_DRIFT = "SemiFlow::model_drift"
 
 # Event name -> ordered (argument, Zeek type). The ONE Python copy of main.zeek's
 # declarations; "vector of T" is a vector of scalars.
@@ -56,6 +57,11 @@ EVENTS: dict[str, tuple[tuple[str, str], ...]] = {
         ("scores", "vector of double"), ("threshold", "double"),
         ("anomalous", "vector of bool"), ("packets", "vector of count"),
         ("model", "string"), ("model_version", "string"), ("details", "vector of string"),
+    ),
+    MODEL_DRIFT: (
+        ("model_version", "string"), ("signal", "string"), ("psi", "double"),
+        ("threshold", "double"), ("flows", "count"), ("window_start", "double"),
+        ("window_end", "double"),
     ),
 }
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import re
@@ -15,6 +16,7 @@ import signal
 import sys
 import time
 
+from semiflow.cli import UsageError
 from semiflow.detector.serving import (
     STATUS_SHED,
     FlowResult,
@@ -26,6 +28,7 @@ from semiflow.detector.serving import (
 from semiflow.plugin import zeek_wire as zw
 from semiflow.plugin.zeek_batch import BatchReply, batch_head, is_batch, verdict_batch_text
 from semiflow.plugin.zeek_decode import decode_flow_requests, head_of, verdict_text
+from semiflow.serve_lifecycle import add_arguments as add_lifecycle_arguments
 
 log = logging.getLogger("semiflow.serve")
 
@@ -41,10 +44,11 @@ class ServeApp:
     def __init__(self, scorer: Scorer, url: str, topics: list[str], max_batch: int = 256,
                  max_wait: float = 0.005, queue_size: int = 8192, ssl_context=None,
                  metrics_port: int | None = None, app_name: str = "semiflow",
-                 allow=None):
+                 allow=None, extra_metrics=None):
         from semiflow.plugin.zeek_ws import ZeekClient
 
         self.scorer = scorer
+        self.last_topic: str | None = None  # where unsolicited events (model_drift) go
         self.stats = ServingStats()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.client = ZeekClient(url, topics, self._on_message, ssl_context=ssl_context,
@@ -59,7 +63,8 @@ class ServeApp:
                 self.stats, self.batcher.queue_depth,
                 {"semiflow_zeek_connected": float(self.client.connected.is_set()),
                  "semiflow_zeek_connects_total": float(self.client.connects),
-                 "semiflow_verdicts_dropped_total": float(self.client.dropped)}))
+                 "semiflow_verdicts_dropped_total": float(self.client.dropped),
+                 **(extra_metrics() if extra_metrics else {})}))
 
     def _verdict(self, r: FlowResult) -> zw.Verdict:
         return zw.Verdict(r.key, r.status, r.score, self.scorer.threshold, r.anomalous,
@@ -76,7 +81,10 @@ class ServeApp:
                 batched.setdefault(r.reply.topic, []).append(self._verdict(r))
             elif r.reply:
                 texts.append(verdict_text(r.reply, self._verdict(r)))
+                self.last_topic = r.reply.topic if hasattr(r.reply, "topic") else r.reply
         sc = self.scorer
+        if batched:
+            self.last_topic = next(reversed(batched))
         texts += [verdict_batch_text(t, vs, sc.threshold, sc.model_name, sc.model_version)
                   for t, vs in batched.items()]
         return texts
@@ -103,6 +111,16 @@ class ServeApp:
         texts = self._texts(results)
         if texts and self.loop is not None:
             self.loop.call_soon_threadsafe(self._publish_many, texts)
+
+    def publish_event(self, args: dict) -> None:
+        """From any thread: SemiFlow::model_drift to the topic verdicts last went to."""
+        if self.last_topic is None or self.loop is None:
+            log.warning("model drift (%s) not sent to Zeek: no reply topic seen yet",
+                        args.get("signal"))
+            return
+        text = json.dumps(zw.event_message(self.last_topic, zw.MODEL_DRIFT,
+                                           [args[n] for n, _ in zw.EVENTS[zw.MODEL_DRIFT]]))
+        self.loop.call_soon_threadsafe(self._publish_many, [text])
 
     def _publish_many(self, texts: list[str]) -> None:
         for t in texts:
@@ -187,7 +205,7 @@ def register(sub) -> None:
                                    "semiflow Zeek package publishes, send verdicts back.")
     p.add_argument("--zeek", default="ws://127.0.0.1:27759",
                    help="Zeek WebSocket endpoint, ws[s]://HOST:PORT (default %(default)s)")
-    p.add_argument("--model", required=True, help="model artifact directory")
+    p.add_argument("--model", help="model artifact directory (or --models STORE)")
     p.add_argument("--topic-prefix", default=zw.DEFAULT_REQUEST_TOPIC,
                    help="request topic prefix (SemiFlow::request_topic; default %(default)s)")
     p.add_argument("--shard", metavar="I/N",
@@ -212,6 +230,7 @@ def register(sub) -> None:
     p.add_argument("--allowlist", metavar="FILE",
                    help="analysts' allow-list (semiflow feedback); re-read when it changes. "
                         "Zeek applies the same file at the sensor; this covers the gap")
+    add_lifecycle_arguments(p)
     p.add_argument("--scorer-addr", help=argparse.SUPPRESS)  # decode-worker mode
     p.set_defaults(func=run)
 
@@ -265,10 +284,17 @@ def run(args: argparse.Namespace, scorer: Scorer | None = None) -> int:
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
+    if not args.scorer_addr and scorer is None and bool(args.model) == bool(args.models):
+        raise UsageError("give the model as --model DIR or --models STORE (one of them)")
     shards = worker_shards(args.shard, args.workers)
+    lifecycle = None
     if args.workers > 1 and not args.scorer_addr:
         from semiflow.serve_pool import run_pool
-        return run_pool(args, scorer or load_scorer(args.model, device=args.device), shards)
+        if scorer is None:
+            from semiflow.serve_lifecycle import Lifecycle
+            lifecycle = Lifecycle(args, lambda path: load_scorer(path, device=args.device))
+            scorer = lifecycle.slot
+        return run_pool(args, scorer, shards, lifecycle=lifecycle)
     topics = topics_for(args.topic_prefix, args.shard)
     ssl_context = None
     if args.zeek.startswith("wss://"):
@@ -279,11 +305,16 @@ def run(args: argparse.Namespace, scorer: Scorer | None = None) -> int:
         from semiflow.detector.serving_zmq import RemoteScorer
         scorer = RemoteScorer(args.scorer_addr)
     elif scorer is None:
-        scorer = load_scorer(args.model, device=args.device)
+        from semiflow.serve_lifecycle import Lifecycle
+        lifecycle = Lifecycle(args, lambda path: load_scorer(path, device=args.device))
+        scorer = lifecycle.slot
     app = ServeApp(scorer, args.zeek, topics, max_batch=args.max_batch,
                    max_wait=args.max_wait_ms / 1000.0, queue_size=args.queue,
                    ssl_context=ssl_context, metrics_port=args.metrics_port,
-                   app_name=args.app_name, allow=_allow_hook(args.allowlist))
+                   app_name=args.app_name, allow=_allow_hook(args.allowlist),
+                   extra_metrics=lifecycle.metrics if lifecycle else None)
+    if lifecycle is not None:
+        lifecycle.publish_drift = app.publish_event
     log.info("model %s %s (K=%d L=%d, threshold %.4g); topics %s", scorer.model_name,
              scorer.model_version, scorer.spec.k, scorer.spec.l, scorer.threshold, topics)
     if app.metrics is not None:
@@ -294,8 +325,13 @@ def run(args: argparse.Namespace, scorer: Scorer | None = None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if lifecycle is not None:
+            loop.add_signal_handler(signal.SIGHUP, lifecycle.wake)
+            lifecycle.start()
         watch = asyncio.create_task(_watch_parent(stop)) if args.scorer_addr else None
         await app.run(stop)
+        if lifecycle is not None:
+            lifecycle.close()
         if watch is not None:
             watch.cancel()
 

@@ -41,7 +41,17 @@ def worker_command(args: argparse.Namespace, addr: str, shard: str, i: int) -> l
 
 
 def run_pool(args: argparse.Namespace, scorer, shards: list[str],
-             drain_timeout: float = 30.0) -> int:
+             drain_timeout: float = 30.0, lifecycle=None) -> int:
+    """lifecycle (semiflow/serve_lifecycle.py): its slot is `scorer`; it follows the model
+    store here, where the model lives (SIGHUP checks at once); drift goes to its log only,
+    since this process holds no connection to Zeek."""
+    warm = getattr(scorer, "warm_up", None)
+    if warm is not None:
+        warm()  # the workers' RemoteScorers do not warm it
+    else:
+        import numpy as np
+        scorer.score_flows(np.zeros((1, scorer.spec.k, scorer.spec.l), np.uint8),
+                           np.ones(1, np.int64))
     tmp = tempfile.mkdtemp(prefix="semiflow-serve-")
     server = ScorerServer(scorer, f"ipc://{tmp}/scorer", max_flows=max(4 * args.max_batch,
                                                                        4096))
@@ -52,6 +62,9 @@ def run_pool(args: argparse.Namespace, scorer, shards: list[str],
         stopping = True
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
+    if lifecycle is not None:
+        signal.signal(signal.SIGHUP, lambda *_: lifecycle.wake())
+        lifecycle.start()
 
     def spawn(i: int) -> subprocess.Popen:
         log.info("worker %d: shard %s", i, shards[i])
@@ -86,6 +99,8 @@ def run_pool(args: argparse.Namespace, scorer, shards: list[str],
                 p.kill()
                 p.wait(5)
     finally:
+        if lifecycle is not None:
+            lifecycle.close()
         server.close()
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("stopped: scored %d flows in %d merged batches", server.flows, server.batches)

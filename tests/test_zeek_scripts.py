@@ -81,7 +81,8 @@ def zeek_event_declarations(text: str) -> dict[str, list[tuple[str, str]]]:
 
 def test_wire_events_match_zeek_declarations():
     decl = zeek_event_declarations((SCRIPTS / "main.zeek").read_text())
-    assert set(zw.EVENTS) == {zw.FLOW_REQUEST, zw.VERDICT, zw.FLOW_BATCH, zw.VERDICT_BATCH}
+    assert set(zw.EVENTS) == {zw.FLOW_REQUEST, zw.VERDICT, zw.FLOW_BATCH, zw.VERDICT_BATCH,
+                              zw.MODEL_DRIFT}
     for name in zw.EVENTS:
         assert name in decl, f"{name} not declared in main.zeek"
         assert decl[name] == list(zw.EVENTS[name]), name
@@ -108,9 +109,11 @@ def test_publish_calls_pass_arguments_in_declared_order():
         _strip_comments(p.read_text()) for p in SCRIPTS.glob("*.zeek") if p.name != "main.zeek")
 
 
-@pytest.mark.parametrize("name", [zw.VERDICT, zw.VERDICT_BATCH])
-def test_verdict_handler_signatures_match(name):
-    for f in ("verdict.zeek", "offline.zeek"):
+@pytest.mark.parametrize("name,files", [(zw.VERDICT, ("verdict.zeek", "offline.zeek")),
+                                        (zw.VERDICT_BATCH, ("verdict.zeek", "offline.zeek")),
+                                        (zw.MODEL_DRIFT, ("drift.zeek",))])
+def test_verdict_handler_signatures_match(name, files):
+    for f in files:
         text = _strip_comments((SCRIPTS / f).read_text())
         m = re.search(rf"event\s+{name}\((.*?)\)", text, re.S)
         assert m, f"{f}: no handler for {name}"

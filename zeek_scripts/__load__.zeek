@@ -4,6 +4,7 @@
 @load ./transport
 @load ./allowlist
 @load ./verdict
+@load ./drift
 @load ./batch
 @load ./collect
 @load ./offline

@@ -163,6 +163,13 @@ export {
 	global verdict: event(uid: string, status: string, score: double,
 	                      threshold: double, anomalous: bool, packets: count,
 	                      model: string, model_version: string, detail: string);
+
+	## Detector -> Zeek: live traffic has drifted from the served model's training
+	## reference (a population-stability index per signal over one window;
+	## docs/wire-format.md). drift.zeek raises SemiFlow::Model_Drift.
+	global model_drift: event(model_version: string, signal: string, psi: double,
+	                          threshold: double, flows: count, window_start: double,
+	                          window_end: double);
 }
 
 event zeek_init() &priority=5
