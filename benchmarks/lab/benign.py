@@ -160,9 +160,12 @@ class BenignTraffic:
 
     def __init__(self, topo: Topology, clients: list[str], run: Path, seed: int,
                  rate: float = 1.0, chatty: str | None = "chatty",
-                 actions: list[str] | None = None):
+                 actions: list[str] | None = None, weights: dict[str, float] | None = None):
         self.topo, self.clients, self.run, self.seed = topo, clients, run, seed
         self.actions = actions or list(ACTIONS)
+        # another day's mix (drift benchmarks): per-action weights, 0 = never
+        self.weights = {n: ACTIONS[n][1] for n in self.actions} | (weights or {})
+        self.actions = [n for n in self.actions if self.weights[n] > 0]
         self.rate, self.chatty = rate, chatty
         self.stop_event = threading.Event()
         self.counts: Counter = Counter()
@@ -173,7 +176,7 @@ class BenignTraffic:
     def _loop(self, host: str, seed: int, chatty: bool) -> None:
         rng = random.Random(seed)
         names = self.actions
-        weights = [ACTIONS[n][1] for n in names]
+        weights = [self.weights[n] for n in names]
         while not self.stop_event.is_set():
             if chatty:
                 name, cmd = "chatty", chatty_burst(rng, self.run)

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from . import attacks, services
-from .benign import BenignTraffic
+from .benign import ACTIONS, BenignTraffic
 from .label import label_capture
 from .suricata_live import SuricataLive, summarize
 from .topology import Topology
@@ -44,13 +44,26 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def parse_mix(text: str) -> dict[str, float]:
+    """'dns=0,redis=30' -> {'dns': 0.0, 'redis': 30.0}; unknown actions are an error."""
+    out = {}
+    for part in text.split(","):
+        name, _, w = part.partition("=")
+        if name not in ACTIONS or not w:
+            raise ValueError(f"{part!r}: want ACTION=WEIGHT with ACTION one of "
+                             f"{', '.join(ACTIONS)}")
+        out[name] = float(w)
+    return out
+
+
 def _on_signal(signum, _frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
 def run(scenario: str, out: Path, seed: int, minutes: float, clients: int,
         phases: list[str] | None = None, suricata_model: Path | None = None,
-        min_flags: int = 1, flag_window: float = 300.0, log=print) -> dict:
+        min_flags: int = 1, flag_window: float = 300.0, log=print,
+        mix: dict[str, float] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="sflab-"))
     work.chmod(0o755)
@@ -59,7 +72,7 @@ def run(scenario: str, out: Path, seed: int, minutes: float, clients: int,
     ledger: list[dict] = []
     t0 = time.time()
     info: dict = {"scenario": scenario, "seed": seed, "minutes": minutes, "clients": clients,
-                  "namespace_prefix": topo.prefix}
+                  "namespace_prefix": topo.prefix, "mix": mix or {}}
     old = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         with topo:
@@ -85,7 +98,7 @@ def run(scenario: str, out: Path, seed: int, minutes: float, clients: int,
             chatty = None if small else "chatty"
             actions = {"ci": CI_ACTIONS, "sample": LIGHT_ACTIONS}.get(scenario)
             benign = BenignTraffic(topo, client_names, work, seed, rate=0.5 if small else 1.0,
-                                   chatty=chatty, actions=actions)
+                                   chatty=chatty, actions=actions, weights=mix)
             benign.start()
             total = minutes * 60
             if scenario == "train-benign":
@@ -157,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --suricata-model: semiflow suricata --min-flags (default 1)")
     ap.add_argument("--flag-window", type=float, default=300.0,
                     help="with --suricata-model: semiflow suricata --flag-window (default 300)")
+    ap.add_argument("--mix", default=None, metavar="ACTION=WEIGHT,...",
+                    help="change the benign mix (e.g. dns=0,redis=30: no DNS clients, triple "
+                         "redis); actions: " + ",".join(ACTIONS))
     ap.add_argument("--phases", default=None,
                     help="comma-separated attack phases (default: every family)")
     args = ap.parse_args(argv)
@@ -165,8 +181,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     phases = args.phases.split(",") if args.phases else None
     try:
+        mix = parse_mix(args.mix) if args.mix else None
+    except ValueError as e:
+        print(f"lab: --mix: {e}", file=sys.stderr)
+        return 2
+    try:
         info = run(args.scenario, args.out, args.seed, args.minutes, args.clients, phases,
-                   args.suricata_model, args.min_flags, args.flag_window)
+                   args.suricata_model, args.min_flags, args.flag_window, mix=mix)
     except KeyboardInterrupt as e:
         print(f"lab: interrupted ({e}); namespaces torn down", file=sys.stderr)
         return 130
