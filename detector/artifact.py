@@ -208,15 +208,15 @@ def check_weights_fit(modules, tensors: dict, root: Path, wpath: Path) -> None:
     allocation or a torch error while the real modules are built."""
     import warnings
 
-    try:
-        with torch.device("meta"):
-            mods = modules()
-    except _BUILD_ERRORS as e:
-        first = (str(e).splitlines() or [""])[0][:200]
-        raise ValueError(f"model artifact: {root / META_FILE} describes no model this "
-                         f"semiflow can build ({type(e).__name__}: {first})") from e
-    with warnings.catch_warnings():  # copying into meta tensors is a no-op, said loudly
+    with warnings.catch_warnings():  # zero-size or meta tensors are no-ops, said loudly
         warnings.simplefilter("ignore")
+        try:
+            with torch.device("meta"):
+                mods = modules()
+        except _BUILD_ERRORS as e:
+            first = (str(e).splitlines() or [""])[0][:200]
+            raise ValueError(f"model artifact: {root / META_FILE} describes no model this "
+                             f"semiflow can build ({type(e).__name__}: {first})") from e
         for name, mod in mods.items():
             _load_into(mod, tensors, name, wpath)
 

@@ -133,9 +133,12 @@ def load_scorer(path: str | os.PathLike, device: str | torch.device | None = Non
     scorer = FlowScorer(load_artifact(path), device=device, batch_size=batch_size)
     spec = scorer.spec
     try:
-        scorer.score_flows(np.zeros((1, spec.k, spec.l), np.uint8), np.ones(1, np.int64))
+        s = scorer.score_flows(np.zeros((1, spec.k, spec.l), np.uint8), np.ones(1, np.int64))
     except (RuntimeError, ValueError, TypeError, IndexError) as e:
         first = (str(e).splitlines() or [""])[0][:200]
         raise ValueError(f"model artifact: {path} cannot score a sample of its own spec "
                          f"(K={spec.k}, L={spec.l}): {type(e).__name__}: {first}") from e
+    if not np.isfinite(s).all():
+        raise ValueError(f"model artifact: {path} cannot score: it scores a sample of its "
+                         f"own spec as {s[0]} (corrupt weights?)")
     return scorer
