@@ -76,6 +76,25 @@ def test_zeek_error_codes_cannot_mint_unbounded_error_kinds():
     assert all(len(str(e)) < 400 for _, e in decode_flow_requests(raws).errors)
 
 
+def test_real_beyond_float_range_in_an_otherwise_bad_request_is_an_error():
+    """Found as OverflowError out of decode (the whole micro-batch went unanswered): the
+    thorough path converts JSON integers given for reals to float."""
+    from semiflow.plugin import zeek_wire as zw
+    from semiflow.plugin.zeek_decode import decode_flow_requests
+
+    args = zw.flow_request_args("Cbig", "reply/", "10.0.0.1", "1/tcp", "10.0.0.2", "2/tcp",
+                                1, 4, 320, [b"x"], [1.0], [1], [True])
+    msg = zw.event_message("req/", zw.FLOW_REQUEST, args)
+    vals = msg["data"][2]["data"][1]["data"]
+    vals[10]["data"][0]["data"] = 10**400           # ts: an integer past float's range
+    vals[12]["data"].append({"@data-type": "boolean", "data": True})  # fast path says no
+    good = zw.event_message("req/", zw.FLOW_REQUEST, list(args))
+    batch = decode_flow_requests([json.dumps(msg), json.dumps(good)])
+    assert [(i, e.kind, e.key) for i, e in batch.errors] == [(0, "value", "Cbig")]
+    assert "out of range" in str(batch.errors[0][1])
+    assert batch.keys == ["Cbig"]  # the good request (same uid) still decodes
+
+
 # ---- model artifacts -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def packet_model(tmp_path_factory):
