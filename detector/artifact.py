@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from .permissions import refuse_world_writable
 from .semiflow_model import Classifier, Encoder, Flow, SemiFlowConfig
 from .spec import FlowSampleSpec
 from .threshold import Threshold
@@ -132,6 +133,8 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
     root = Path(path)
     if not root.is_dir():
         raise ValueError(f"model artifact: {root} is not a directory")
+    for name in (META_FILE, WEIGHTS_FILE, PROVENANCE_FILE):
+        refuse_world_writable(root / name, "model artifact:")
     meta = _read_json(root / META_FILE)
     if meta.get("format") != FORMAT:
         raise ValueError(f"model artifact: {root / META_FILE} is not a {FORMAT} file")
@@ -160,6 +163,7 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
         raise ValueError(f"model artifact: unknown score kind {score_kind!r}")
     if not wpath.exists():
         raise ValueError(f"model artifact: weights {wpath.name} missing in {root}")
+    refuse_world_writable(wpath, "model artifact:")
     if sha256_file(wpath) != weights.get("sha256"):
         raise ValueError(f"model artifact: {wpath} is corrupt (sha256 does not match "
                          f"{META_FILE})")
@@ -256,6 +260,7 @@ def _weights(root: Path, meta: dict) -> tuple[Path, dict]:
     wpath = root / _weights_name(meta["weights"])
     if not wpath.exists():
         raise ValueError(f"model artifact: weights {wpath.name} missing in {root}")
+    refuse_world_writable(wpath, "model artifact:")
     if sha256_file(wpath) != meta["weights"].get("sha256"):
         raise ValueError(f"model artifact: {wpath} is corrupt (sha256 does not match "
                          f"{META_FILE})")

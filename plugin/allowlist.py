@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from semiflow.detector.permissions import refuse_world_writable
+
 # Column name -> Zeek type, in file order (zeek_scripts/allowlist.zeek's Rule record).
 ZEEK_TYPES = {
     "rule": "string", "uid": "string", "host": "subnet", "service": "port",
@@ -148,6 +150,7 @@ def read_allowlist(path: str | os.PathLike, report: AllowlistReport | None = Non
     path = Path(path)
     if not path.exists():
         return []
+    refuse_world_writable(path, "allow-list")
     header: list[str] | None = None
     rules = []
     for lineno, raw in enumerate(path.read_text(encoding="utf-8",
