@@ -41,13 +41,13 @@ class ServeApp:
                  max_wait: float = 0.005, queue_size: int = 8192, ssl_context=None,
                  metrics_port: int | None = None, app_name: str = "semiflow",
                  allow=None):
-        from semiflow.plugin.zeek_ws import ZeekClient
+        from semiflow.plugin.zeek_ws import ZeekClient, max_message_size
 
         self.scorer = scorer
         self.stats = ServingStats()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.client = ZeekClient(url, topics, self._on_message, ssl_context=ssl_context,
-                                 app_name=app_name)
+                                 app_name=app_name, max_size=max_message_size(scorer.spec.k))
         self.batcher = MicroBatcher(scorer, decode_requests, self._on_results,
                                     max_batch=max_batch, max_wait=max_wait,
                                     queue_size=queue_size, stats=self.stats, allow=allow)
@@ -89,7 +89,15 @@ class ServeApp:
     async def run(self, stop: asyncio.Event, drain_timeout: float = 20.0) -> None:
         self.loop = asyncio.get_running_loop()
         task = asyncio.create_task(self.client.run())
-        await stop.wait()
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            # the client gave up (a TLS certificate problem): stop, saying why
+            self.batcher.close(1.0)
+            if self.metrics is not None:
+                self.metrics.close()
+            raise task.exception()
         log.info("stopping: finishing queued and in-flight batches")
         await asyncio.to_thread(self.batcher.close, drain_timeout)
         await asyncio.sleep(0)  # let call_soon_threadsafe callbacks run
@@ -211,6 +219,8 @@ def _allow_hook(path: str | None):
     from semiflow.plugin.allowlist import allowlisted, read_allowlist
 
     state = {"mtime": None, "rules": []}
+    if os.path.exists(path):
+        read_allowlist(path)  # refuse a bad (e.g. world-writable) file at start, in one line
 
     def allow(batch: RequestBatch):
         try:
