@@ -254,6 +254,56 @@ CAPTURE = Target(
     save=lambda x, p: p.with_suffix(".pcap").write_bytes(x))
 
 
+# ---- Suricata pcap-log files (the connector's reader of the same kernels) -------------------
+def setup_pcap_log(work: Path, corpus: Path | None):
+    from semiflow.detector.spec import FlowSampleSpec
+    from semiflow.plugin.capture import PCAP_MAGICS
+
+    seeds = [b for b in capture_seeds(corpus) if b[:4] in PCAP_MAGICS]
+    st = SimpleNamespace(seeds=seeds, spec=FlowSampleSpec(k=4, l=256), dir=work / "pcap-log")
+    run_pcap_log(st, [seeds[0]])
+    return st
+
+
+def make_pcap_log(st, rng: random.Random) -> list[bytes]:
+    """One or two pcap-log files (a rotation can cut a record, or not)."""
+    data = mutate_capture(rng, rng.choice(st.seeds))  # gzip'd ones: "not a classic pcap"
+    if rng.random() < 0.3 and len(data) > 24:
+        cut = rng.randrange(24, len(data) + 1)
+        return [data[:cut], data[:24] + data[cut:]]
+    return [data]
+
+
+def run_pcap_log(st, files: list[bytes]) -> str:
+    """PcapLogFollower.poll(final) + finish, as SuricataConnector.step drives it."""
+    from semiflow.plugin import flowscan as fs
+    from semiflow.plugin.capture import FlowTable
+    from semiflow.plugin.pcap_follow import PcapLogFollower
+
+    if st.dir.exists():
+        shutil.rmtree(st.dir)
+    st.dir.mkdir()
+    for i, data in enumerate(files):
+        (st.dir / f"log.pcap.{1000 + i}").write_bytes(data)
+    table = FlowTable(st.spec)
+    fol = PcapLogFollower(st.dir, table)
+    in_flows = 0
+    for b in [*fol.poll(final=True), *fol.finish()]:
+        in_flows += int(b.ints[:, fs.I_ORIG_PKTS].sum() + b.ints[:, fs.I_RESP_PKTS].sum())
+    if in_flows != int(table.st[fs.S_PACKETS]):
+        raise Uncounted(f"{int(table.st[fs.S_PACKETS])} packets counted, {in_flows} in flows")
+    if fol.counters.files_done != len(files):
+        raise Uncounted(f"{len(files)} files, {fol.counters.files_done} done")
+    c = fol.counters
+    return "skip" if c.bad_files or c.truncated_tails or table.skips[1:].sum() else "ok"
+
+
+PCAP_LOG = Target(
+    "pcap-log", "Suricata pcap-log files -> plugin/pcap_follow.PcapLogFollower (same kernels)",
+    setup_pcap_log, make_pcap_log, run_pcap_log,
+    save=lambda x, p: [p.with_suffix(f".{i}.pcap").write_bytes(b) for i, b in enumerate(x)])
+
+
 # ---- Zeek WebSocket messages through the serve loop ----------------------------------------
 def setup_ws(work: Path, corpus: Path | None):
     sys.path.insert(0, str(ROOT / "tests"))
@@ -677,4 +727,5 @@ FLOW_ARTIFACT = Target(
     lambda w, c: setup_artifact(w, c, "flow"), make_artifact, run_artifact,
     clean=(ValueError,), save=_save_files)
 
-TARGETS = {t.name: t for t in (CAPTURE, WS, EVE, ALLOWLIST, ARTIFACT, FLOW_ARTIFACT)}
+TARGETS = {t.name: t for t in (CAPTURE, PCAP_LOG, WS, EVE, ALLOWLIST, ARTIFACT,
+                                FLOW_ARTIFACT)}
