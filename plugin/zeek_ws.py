@@ -153,6 +153,7 @@ class ZeekClient:
         self.out: collections.deque[str] = collections.deque()
         self.max_pending = max_pending
         self.dropped = 0
+        self.binary_ignored = 0  # binary frames: the API speaks text frames only
         self.connects = 0
         self.zeek_errors: dict[str, int] = {}
         self.ack: dict | None = None
@@ -251,8 +252,12 @@ class ZeekClient:
 
     async def _receive(self, ws) -> None:
         async for msg in ws:
-            if isinstance(msg, bytes):
-                continue  # the API is text frames only
+            if isinstance(msg, bytes):  # the API is text frames only: count, skip
+                if self.binary_ignored == 0:
+                    log.warning("zeek sent a binary frame (%d bytes): ignored; further ones "
+                                "are counted", len(msg))
+                self.binary_ignored += 1
+                continue
             try:
                 self.on_message(msg)
             except Exception as e:  # a handler bug must not drop the connection

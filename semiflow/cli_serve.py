@@ -58,7 +58,9 @@ class ServeApp:
                 self.stats, self.batcher.queue_depth,
                 {"semiflow_zeek_connected": float(self.client.connected.is_set()),
                  "semiflow_zeek_connects_total": float(self.client.connects),
-                 "semiflow_verdicts_dropped_total": float(self.client.dropped)}))
+                 "semiflow_verdicts_dropped_total": float(self.client.dropped),
+                 "semiflow_zeek_binary_frames_ignored_total":
+                     float(self.client.binary_ignored)}))
 
     def _verdict_text(self, r: FlowResult) -> str:
         v = zw.Verdict(r.key, r.status, r.score, self.scorer.threshold, r.anomalous,

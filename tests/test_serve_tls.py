@@ -210,6 +210,7 @@ def test_client_refuses_messages_over_its_bound():
         try:
             await wait_for(lambda: dbl.clients, 30, "connect")
             ws = next(iter(dbl.clients))
+            await ws.send(b"\x00binary")  # not the API's: counted, skipped
             await ws.send("x" * 10_001)   # one byte over: the client drops the connection
             await wait_for(lambda: client.connects >= 2, 30, "reconnect after 1009")
             await next(iter(dbl.clients)).send(json.dumps({"fits": "y" * 9_000}))
@@ -218,8 +219,10 @@ def test_client_refuses_messages_over_its_bound():
             client.stop()
             await asyncio.wait_for(task, 10)
             await dbl.stop()
-    asyncio.run(main())
+        return client
+    client = asyncio.run(main())
     assert len(got) == 1 and got[0].startswith('{"fits"')
+    assert client.binary_ignored == 1
 
 
 # ---- world-writable files --------------------------------------------------------------
