@@ -3,6 +3,7 @@
     python benchmarks/fuzz.py [--cases 10000] [--seed 0] [--targets capture,zeek-ws,...]
                               [--time-limit 10] [--save-crashes DIR] [--corpus DIR]
     python benchmarks/fuzz.py --targets capture --seed 0 --case 1234   # replay one case
+    python benchmarks/fuzz.py --boundscheck --targets capture,pcap-log,zeek-ws --cases 2000
 
 Targets and their mutators: benchmarks/fuzz_targets.py, benchmarks/fuzz_mutate.py. Case i
 of a target is made from random.Random(f"{target}:{seed}:{i}") alone, so any case can be
@@ -204,7 +205,13 @@ def main(argv: list[str] | None = None) -> int:
                          "sample alone without it)")
     ap.add_argument("--save-crashes", type=Path, help="write crashing/hanging inputs here")
     ap.add_argument("--case", type=int, help="replay this one case in-process, with traceback")
+    ap.add_argument("--boundscheck", action="store_true",
+                    help="compile the numba kernels with bounds checks (a separate cache; "
+                         "an out-of-bounds access becomes an IndexError, i.e. a crash)")
     a = ap.parse_args(argv)
+    if a.boundscheck:  # inherited by the spawned workers before they import numba
+        os.environ["NUMBA_BOUNDSCHECK"] = "1"
+        os.environ["NUMBA_CACHE_DIR"] = str(Path(tempfile.gettempdir()) / "semiflow-fuzz-bc")
     names = [n.strip() for n in a.targets.split(",") if n.strip()]
     unknown = [n for n in names if n not in TARGETS]
     if unknown:

@@ -113,6 +113,32 @@ def save_artifact(path: str | os.PathLike, encoder: torch.nn.Module,
     return out
 
 
+# An artifact's config is outside input: numbers no model has are refused before any module
+# is built (a layer count of 65536 alone makes building take minutes; 10**400 forever).
+MAX_CONFIG_INT = 1 << 31
+MAX_CONFIG_LIST = 1024
+MAX_BLOCKS = 1024
+
+
+def check_config_numbers(d) -> None:
+    """ValueError unless every number in the config is finite and of a size models have."""
+    import math
+
+    if not isinstance(d, dict):
+        raise ValueError(f"config must be an object, got {type(d).__name__}")
+    for key, v in d.items():
+        items = v if isinstance(v, list) else [v]
+        if len(items) > MAX_CONFIG_LIST:
+            raise ValueError(f"config: {key} has {len(items)} entries")
+        for x in items:
+            if isinstance(x, bool) or not isinstance(x, (int, float)):
+                continue  # types are the config class's to check
+            if abs(x) > MAX_CONFIG_INT or (isinstance(x, float) and not math.isfinite(x)):
+                raise ValueError(f"config: {key} = {str(x)[:40]} is out of range")
+        if key.endswith("blocks") and isinstance(v, int) and v > MAX_BLOCKS:
+            raise ValueError(f"config: {key} = {v} (at most {MAX_BLOCKS})")
+
+
 def _read_json(path: Path) -> dict:
     try:
         d = json.loads(path.read_text())
@@ -145,6 +171,7 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
     if level == "flow":
         return _load_flow_level(root, meta)
     try:
+        check_config_numbers(meta["config"])
         config = SemiFlowConfig.from_dict(meta["config"])
         spec = FlowSampleSpec.from_dict(meta["spec"])
         threshold = Threshold.from_dict(meta["threshold"]) if meta.get("threshold") else None
@@ -276,6 +303,7 @@ def _load_flow_level(root: Path, meta: dict) -> Artifact:
     from .semiflow_flownet import FlowNetConfig
 
     try:
+        check_config_numbers(meta["config"])
         config = FlowNetConfig.from_dict(meta["config"])
         spec = FlowSampleSpec.from_dict(meta["spec"])
         threshold = Threshold.from_dict(meta["threshold"]) if meta.get("threshold") else None

@@ -198,7 +198,13 @@ FLOW_CASES = {
     "zero scale": (_set(None, "score_stats", {"nll": [0, 0], "rec": [0, 1]}),
                    "positive finite scale"),       # scored inf/NaN before
     "stats not an object": (_set(None, "score_stats", [1]), "score_stats"),
-    "huge hidden": (_set("config", "hidden", 2**40), "describes no model|does not fit"),
+    "huge hidden": (_set("config", "hidden", 2**40), "out of range"),
+    # found as hangs (building 65536 coupling blocks, or range(10**400) of them)
+    "many blocks": (_set("config", "flow_blocks", 65536), "at most 1024"),
+    "endless blocks": (_set("config", "flow_blocks", 10**400), "out of range"),
+    # found as OverflowError in torch
+    "huge weight": (_set("config", "w_meta", 10**400), "out of range"),
+    "huge negative clamp": (_set("config", "flow_clamp", -(2**63) - 1), "out of range"),
 }
 
 
