@@ -23,7 +23,7 @@ from .log_tokens import TOKENIZERS, dyad_hour_frame, group_bounds, normalize_con
 
 FORMAT = "semiflow-log-freq/1"
 _PARAMS = ("tokenizer", "alpha", "backoff", "target_fpr", "calib_fraction", "split", "top_k",
-           "bucket_s", "calibration", "confidence")
+           "bucket_s", "calibration", "confidence", "fpr_unit")
 
 
 class FrequencyBaseline:
@@ -41,11 +41,12 @@ class FrequencyBaseline:
                  target_fpr: float = 0.01,
                  calib_fraction: float = 0.2, split: str = "time", top_k: int = 3,
                  bucket_s: float = 3600.0, calibration: str = "quantile",
-                 confidence: float = 0.95):
+                 confidence: float = 0.95, fpr_unit: str = "window"):
         self.tokenizer, self.alpha, self.target_fpr = tokenizer, alpha, target_fpr
         self.backoff = backoff
         self.calib_fraction, self.split, self.top_k = calib_fraction, split, top_k
         self.bucket_s, self.calibration, self.confidence = bucket_s, calibration, confidence
+        self.fpr_unit = fpr_unit
 
     def get_params(self) -> dict:
         return {k: getattr(self, k) for k in _PARAMS}
@@ -76,7 +77,9 @@ class FrequencyBaseline:
         self.calibration_source_ = "held-out normal dyad-hours"
         if len(calib) == 0:
             calib, self.calibration_source_ = train, "training dyad-hours"
-        self.calib_scores_ = self.score_sequences(calib, threshold=np.inf)["score"].to_numpy()
+        held_out = self.score_sequences(calib, threshold=np.inf)
+        self.calib_scores_ = held_out["score"].to_numpy()
+        self.calib_flows_ = held_out["n_flows"].to_numpy()
         apply_calibration(self, seq)
         return self
 

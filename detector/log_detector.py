@@ -31,7 +31,7 @@ from .log_tokens import (
 FORMAT = "semiflow-log-lm/1"
 _PARAMS = ("tokenizer", "model", "supervised", "window", "epochs", "batch_size", "lr",
            "target_fpr", "calib_fraction", "split", "min_count", "seed", "top_k", "model_kw",
-           "bucket_s", "calibration", "confidence")
+           "bucket_s", "calibration", "confidence", "fpr_unit")
 COLUMNS = ["ts", "host_a", "host_b", "n_flows", "score", "threshold", "verdict", "top_tokens",
            "top_uids", "malicious"]
 
@@ -45,8 +45,10 @@ def split_holdout(seq: pd.DataFrame, bounds: np.ndarray, how: str = "time",
         hours = seq["hour"].to_numpy()[starts]
         uniq = np.unique(hours)
         if len(uniq) >= 2:
-            cut = uniq[max(1, int(np.ceil(len(uniq) * (1 - fraction)))) - 1]
-            return hours > cut
+            # keep at least one bucket on each side: with 4 five-minute buckets (a 15-minute
+            # lab run) ceil(3.2) used to keep all four and hold out none
+            keep = min(max(1, int(np.ceil(len(uniq) * (1 - fraction)))), len(uniq) - 1)
+            return hours > uniq[keep - 1]
         how = "dyad"  # one hour only: a time split is impossible
     if how == "dyad":
         pairs = (seq["host_a"].to_numpy()[starts].astype(str) + "|"
@@ -101,13 +103,14 @@ class LogLMDetector:
                  calib_fraction: float = 0.2, split: str = "time", min_count: int = 1,
                  seed: int = 42, top_k: int = 3, model_kw: dict | None = None,
                  bucket_s: float = 3600.0, calibration: str = "quantile",
-                 confidence: float = 0.95, device: str = "cpu"):
+                 confidence: float = 0.95, device: str = "cpu", fpr_unit: str = "window"):
         self.tokenizer, self.model, self.supervised = tokenizer, model, supervised
         self.window, self.epochs, self.batch_size, self.lr = window, epochs, batch_size, lr
         self.target_fpr, self.calib_fraction, self.split = target_fpr, calib_fraction, split
         self.min_count, self.seed, self.top_k = min_count, seed, top_k
         self.model_kw, self.device = model_kw, device
         self.bucket_s, self.calibration, self.confidence = bucket_s, calibration, confidence
+        self.fpr_unit = fpr_unit
 
     def get_params(self) -> dict:
         return {k: getattr(self, k) for k in _PARAMS}
@@ -154,7 +157,9 @@ class LogLMDetector:
         self.calibration_source_ = "held-out normal dyad-hours"
         if len(calib) == 0:  # tiny input: fall back to the training scores (optimistic)
             calib, self.calibration_source_ = train[~train["malicious"]], "training dyad-hours"
-        self.calib_scores_ = self.score_sequences(calib, threshold=np.inf)["score"].to_numpy()
+        held_out = self.score_sequences(calib, threshold=np.inf)
+        self.calib_scores_ = held_out["score"].to_numpy()
+        self.calib_flows_ = held_out["n_flows"].to_numpy()
         apply_calibration(self, seq)
         return self
 

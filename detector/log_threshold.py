@@ -20,11 +20,16 @@ import numpy as np
 import pandas as pd
 
 CALIBRATIONS = ("quantile", "upper", "chain")
+FPR_UNITS = ("window", "flow")  # what target_fpr counts: dyad windows, or the flows in them
 
 
 def calibrate_threshold(scores: np.ndarray, target_fpr: float, method: str = "quantile",
-                        confidence: float = 0.95) -> float:
+                        confidence: float = 0.95, weights: np.ndarray | None = None) -> float:
     """Threshold t such that 'score > t' flags about target_fpr of normal items.
+
+    weights: items per score (a dyad window's flows): t is then the least score such that the
+              windows above it hold at most target_fpr of all the weight — the rate a SOC sees
+              in flows when a flagged window flags all its flows (quantile method only).
 
     quantile: the (1 - target_fpr) quantile (method 'higher'); `chain` scores use it too.
     upper:    the k-th smallest score with k the least such that
@@ -34,6 +39,11 @@ def calibrate_threshold(scores: np.ndarray, target_fpr: float, method: str = "qu
     s = np.sort(np.asarray(scores, dtype=np.float64))
     if len(s) == 0:
         raise ValueError("no calibration scores")
+    if weights is not None:
+        if method != "quantile":
+            raise ValueError(f"a flow-weighted FPR needs the quantile calibration, not {method!r}")
+        return weighted_threshold(np.asarray(scores, dtype=np.float64),
+                                  np.asarray(weights, dtype=np.float64), target_fpr)
     if method in ("quantile", "chain"):
         return float(np.quantile(s, 1 - target_fpr, method="higher"))
     if method != "upper":
@@ -45,6 +55,17 @@ def calibrate_threshold(scores: np.ndarray, target_fpr: float, method: str = "qu
     # P(F(s_(k)) < 1 - fpr) = P(at least k of n normal scores fall below the true quantile)
     ok = binom.sf(k - 1, n, 1 - target_fpr) <= 1 - confidence
     return float(s[int(np.argmax(ok))] if ok.any() else s[-1])
+
+
+def weighted_threshold(scores: np.ndarray, weights: np.ndarray, target_fpr: float) -> float:
+    """Least calibration score t with weight(score > t) <= target_fpr * total weight."""
+    if len(scores) != len(weights):
+        raise ValueError("one weight per calibration score")
+    order = np.argsort(scores, kind="stable")
+    s, w = scores[order], weights[order]
+    uniq, first = np.unique(s, return_index=True)
+    above = w.sum() - np.cumsum(np.add.reduceat(w, first))  # weight strictly above uniq[i]
+    return float(uniq[np.argmax(above <= target_fpr * w.sum())])
 
 
 def rate_above(scores: np.ndarray, threshold: float) -> float:
@@ -102,5 +123,7 @@ def apply_calibration(det, seq: pd.DataFrame) -> None:
         if pooled is not None and len(pooled):
             det.calib_scores_ = pooled
             det.calibration_source_ = "forward-chained later-block normal dyad-hours"
+    flows = getattr(det, "calib_flows_", None) if getattr(det, "fpr_unit", "window") == "flow" \
+        else None
     det.threshold_ = calibrate_threshold(det.calib_scores_, det.target_fpr, det.calibration,
-                                         det.confidence)
+                                         det.confidence, weights=flows)

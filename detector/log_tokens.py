@@ -32,6 +32,7 @@ def normalize_conn(df: pd.DataFrame, bucket_s: float = 3600.0) -> pd.DataFrame:
     otherwise (short lab runs use 300). Logs without `service`/`conn_state` (the lab's
     labels.conn.log) get "-" (unset); without `orig_bytes`/`resp_bytes`, the IP-level
     `orig_ip_bytes`/`resp_ip_bytes` stand in (headers included: train and test alike).
+    Rows without a start time or an endpoint address (unset) are dropped: callers count them.
     """
     df = df.rename(columns={k: v for k, v in _FLOWSTORE_TO_ZEEK.items() if k in df.columns})
     missing = [c for c in ("ts", "id.orig_h", "id.resp_h") if c not in df.columns]
@@ -50,8 +51,10 @@ def normalize_conn(df: pd.DataFrame, bucket_s: float = 3600.0) -> pd.DataFrame:
             return num(f"{side}_ip_bytes")
         return num(f"{side}_bytes")
 
-    orig = col("id.orig_h", "").astype(str).to_numpy()
-    resp = col("id.resp_h", "").astype(str).to_numpy()
+    usable = df["id.orig_h"].notna() & df["id.resp_h"].notna()
+    usable &= (df["id.orig_h"].astype(str) != "") & (df["id.resp_h"].astype(str) != "")
+    orig = col("id.orig_h", "").fillna("").astype(str).to_numpy()
+    resp = col("id.resp_h", "").fillna("").astype(str).to_numpy()
     a_is_orig = orig <= resp
     ts = pd.to_numeric(df["ts"], errors="coerce").to_numpy(np.float64)
     label = col("label", "").fillna("").astype(str).str.lower()
@@ -72,7 +75,7 @@ def normalize_conn(df: pd.DataFrame, bucket_s: float = 3600.0) -> pd.DataFrame:
         "hour": np.floor(ts / bucket_s) * bucket_s,
         "malicious": label.str.startswith(_MALICIOUS).to_numpy(),
     })
-    return out[np.isfinite(ts)].reset_index(drop=True)
+    return out[np.isfinite(ts) & usable.to_numpy()].reset_index(drop=True)
 
 
 def _log2_bucket(x: np.ndarray, step: float = 1.0) -> np.ndarray:

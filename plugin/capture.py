@@ -44,6 +44,15 @@ class CaptureError(ValueError):
     """A capture that cannot be read at all (bad magic, unreadable file)."""
 
 
+class BadRecord(CaptureError):
+    """Record framing is corrupt; `offset` is where the record starts in the scan buffer."""
+
+    def __init__(self, offset: int):
+        super().__init__(f"corrupt record at byte {offset} of the scan buffer: cannot "
+                         "resynchronise")
+        self.offset = offset
+
+
 @dataclass
 class FlowBatch:
     """Finished flows, row i of every array belonging to flow i.
@@ -82,6 +91,8 @@ class ScanReport:
     flows: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     bad_files: list[tuple[str, str]] = field(default_factory=list)
+    # one entry per capture scanned: {"file", "packets" (used), "skipped" {reason: n}}
+    per_file: list[dict] = field(default_factory=list)
 
     def add_skip(self, reason: str, n: int = 1) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + n
@@ -98,6 +109,17 @@ class ScanReport:
         lines = [f"skipped {n} packets: {r}" for r, n in sorted(self.skipped.items(),
                                                                 key=lambda x: -x[1])]
         lines += [f"{p}: {why}" for p, why in self.bad_files]
+        return lines
+
+    def file_lines(self, limit: int = 20) -> list[str]:
+        """Per capture with skipped packets: packets used, skipped, and why (most first)."""
+        hit = [f for f in self.per_file if f["skipped"]]
+        lines = [f"{f['file']}: {f['packets']} packets used, {sum(f['skipped'].values())} "
+                 "skipped (" + ", ".join(f"{n} {r}" for r, n in sorted(
+                     f["skipped"].items(), key=lambda x: -x[1])) + ")" for f in hit[:limit]]
+        if len(hit) > limit:
+            lines.append(f"... and {len(hit) - limit} more capture(s) with skipped packets "
+                         "(all of them in extract.json)")
         return lines
 
 
@@ -218,8 +240,7 @@ class FlowTable:
                 self.if_link = np.concatenate([self.if_link, np.zeros_like(self.if_link)])
                 self.if_res = np.concatenate([self.if_res, np.zeros_like(self.if_res)])
             elif code == fs.R_BAD_RECORD:
-                raise CaptureError(f"corrupt record at byte {int(self.st[fs.S_POS])} "
-                                   "(cannot resynchronise)")
+                raise BadRecord(int(self.st[fs.S_POS]))
 
     def finish(self) -> Iterator[FlowBatch]:
         while fs.finish(*self._state(), self.tmo) == fs.R_OUT_FULL:
@@ -315,14 +336,18 @@ def scan_capture(path: str | os.PathLike, table: FlowTable, report: ScanReport,
                     progress(pos)
                 buf[: n - pos] = buf[pos:n]
                 n -= pos
-        except CaptureError as e:
-            report.bad_files.append((str(path), f"{e} after byte {done}; rest of file skipped"))
+        except BadRecord as e:  # offsets in the (decompressed) file, the pcap header counted
+            at = (0 if pcapng else len(header)) + done + e.offset
+            report.bad_files.append((str(path), f"corrupt record at byte {at}: cannot "
+                                                "resynchronise, the rest of the file skipped"))
         yield from table.finish()
     finally:
         fh.close()
         report.files += 1
-        report.packets += int(table.st[fs.S_PACKETS])
+        used = int(table.st[fs.S_PACKETS])
+        report.packets += used
         table.st[fs.S_PACKETS] = 0
-        for i, c in enumerate(table.skips):
-            if i and c:
-                report.add_skip(fr.SKIP_REASONS[i], int(c))
+        skipped = {fr.SKIP_REASONS[i]: int(c) for i, c in enumerate(table.skips) if i and c}
+        for reason, c in skipped.items():
+            report.add_skip(reason, c)
+        report.per_file.append({"file": str(path), "packets": used, "skipped": skipped})

@@ -1,8 +1,10 @@
 """`semiflow evaluate EXTRACT_DIR...`: train detectors on benchmark splits, report metrics.
+`semiflow evaluate --train A... --test B...`: fit on one extraction, test on another.
 
 Each detector is fitted on the normal training files of each split (or, with --model, a
 trained artifact is evaluated as-is) and scored on held-out files; JSON for machines, an
-HTML page (ROC curves, score histograms) for people.
+HTML page (ROC curves, score histograms) for people. Benchmarks that do not apply to the
+extraction are skipped up front, saying why.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from semiflow.cli import UsageError
+from semiflow.threads import add_threads_argument, apply_threads
 
 DEFAULT_DETECTORS = "semiflow,semiflow-nll,iforest,ocsvm,pca,kde,ae,ganomaly1d,knn"
 DEEP = ("semiflow", "semiflow-nll", "ae", "ganomaly1d")
@@ -30,15 +35,21 @@ def register(sub) -> None:
                                    "each benchmark split and evaluate on held-out files "
                                    "(flow-level AUROC, AUPRC, TPR at low FPR, F1 at the "
                                    "threshold, per-family and per-source results).")
-    p.add_argument("extract_dirs", nargs="+", metavar="EXTRACT_DIR",
+    p.add_argument("extract_dirs", nargs="*", metavar="EXTRACT_DIR",
                    help="directories written by `semiflow extract --manifest ...`")
+    p.add_argument("--train", nargs="+", metavar="EXTRACT_DIR",
+                   help="fit on the normal flows of these extractions (with --test: no "
+                        "benchmark construction; baselines included)")
+    p.add_argument("--test", nargs="+", metavar="EXTRACT_DIR",
+                   help="score every flow labelled normal/anomalous of these extractions")
     p.add_argument("--detectors", default=DEFAULT_DETECTORS,
                    help=f"comma-separated, or 'all' (default {DEFAULT_DETECTORS})")
     p.add_argument("--benchmark", default="all",
                    choices=["attacks", "vpn", "malformed", "all"])
     p.add_argument("--seeds", type=_ints, default=[0], help="e.g. 0,1,2 (default 0)")
-    p.add_argument("--cap-per-file", type=int, default=50,
-                   help="at most this many flows per capture file (default 50; 0 = no cap)")
+    p.add_argument("--cap-per-file", type=int, default=None,
+                   help="at most this many flows per capture file (default 50 for the "
+                        "benchmarks, no cap for --train/--test; 0 = no cap)")
     p.add_argument("--target-fpr", type=float, default=1e-3,
                    help="FPR the flag threshold is calibrated for on validation normal "
                         "flows (default 1e-3)")
@@ -58,6 +69,7 @@ def register(sub) -> None:
     p.add_argument("--json", metavar="OUT.json", help="write every result as JSON")
     p.add_argument("--html", metavar="OUT.html", help="write an HTML report")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-run lines")
+    add_threads_argument(p)
     p.set_defaults(func=run)
 
 
@@ -115,9 +127,29 @@ def load_model(path: str, device: str | None = None):
     return det, det.scorer.spec, det.scorer.aggregate
 
 
+def _plan(args: argparse.Namespace, data, log) -> tuple[list, list[str], dict[str, str]]:
+    """(splits, benchmarks run, benchmarks skipped with the reason), before any fitting."""
+    from semiflow.training.evaluate import BENCHMARKS, plan_benchmarks
+
+    if args.train:
+        from semiflow.training.evaluate_transfer import transfer_split
+        splits = [transfer_split(data, len(args.train), seed, args.cap_per_file or None,
+                                 log or (lambda m: None)) for seed in args.seeds]
+        return splits, ["train-test"], {}
+    benches = list(BENCHMARKS) if args.benchmark == "all" else [args.benchmark]
+    cap = 50 if args.cap_per_file is None else args.cap_per_file
+    splits, skipped = plan_benchmarks(data.flows, benches, args.seeds, cap or None,
+                                      loso=not args.no_loso)
+    if not splits:
+        raise UsageError("; ".join(skipped.values()))
+    for why in skipped.values():
+        print(f"skipped: {why}")
+    return splits, [b for b in benches if b not in skipped], skipped
+
+
 def run(args: argparse.Namespace) -> int:
     from semiflow.detector.registry import parse_names
-    from semiflow.training.evaluate import BENCHMARKS, load_flow_data, make_splits
+    from semiflow.training.evaluate import load_flow_data
     from semiflow.training.evaluate_run import (
         evaluate_split,
         markdown_table,
@@ -125,8 +157,15 @@ def run(args: argparse.Namespace) -> int:
         summarize,
     )
 
-    data = load_flow_data(args.extract_dirs)
-    benches = list(BENCHMARKS) if args.benchmark == "all" else [args.benchmark]
+    if bool(args.train) != bool(args.test):
+        raise UsageError("--train and --test go together")
+    if args.train and args.extract_dirs:
+        raise UsageError("give EXTRACT_DIR... (benchmarks) or --train/--test, not both")
+    if not args.train and not args.extract_dirs:
+        raise UsageError("give EXTRACT_DIR... (benchmarks) or --train A... --test B...")
+    apply_threads(args.threads)
+    dirs = (args.train + args.test) if args.train else args.extract_dirs
+    data = load_flow_data(dirs)
     fitted = {}
     if args.model:
         det, spec, how = load_model(args.model, args.device)
@@ -141,23 +180,25 @@ def run(args: argparse.Namespace) -> int:
         names = parse_names(args.detectors)
         params = detector_params(args, names)
     log = None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    splits, benches, skipped = _plan(args, data, log)
     print("Detectors are fitted on NORMAL training files only; labelled anomalies are used "
           "only for the test metrics." if not args.model else
           f"Evaluating {args.model} as-is; make sure its training files are not in the test "
           "splits.")
+    for note in splits[0].notes if args.train else []:
+        print(note)
     records = []
-    for bench in benches:
-        for seed in args.seeds:
-            for split in make_splits(data.flows, bench, seed, args.cap_per_file or None,
-                                     loso=not args.no_loso):
-                records += evaluate_split(data, split, names, params, args.target_fpr,
-                                          args.aggregate, args.bytes, fitted, log)
+    for split in splits:
+        records += evaluate_split(data, split, names, params, args.target_fpr,
+                                  args.aggregate, args.bytes, fitted, log)
     summary = summarize(records)
     print(markdown_table(summary))
     if args.json:
         blob = {"extract_dirs": [str(d) for d in args.extract_dirs],
-                "benchmarks": benches, "seeds": args.seeds, "target_fpr": args.target_fpr,
-                "aggregate": args.aggregate, "cap_per_file": args.cap_per_file,
+                "train": args.train, "test": args.test,
+                "benchmarks": benches, "skipped": skipped, "seeds": args.seeds,
+                "target_fpr": args.target_fpr, "aggregate": args.aggregate,
+                "cap_per_file": args.cap_per_file,
                 "summary": summary.to_dict(orient="records"), "runs": public(records)}
         Path(args.json).write_text(json.dumps(_finite(blob), indent=1, default=_json_default,
                                               allow_nan=False))
@@ -165,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
     if args.html:
         from semiflow.training.report_html import write_report
         write_report(args.html, records, summary, context=[
-            f"extractions: {', '.join(map(str, args.extract_dirs))}; seeds {args.seeds}; "
+            f"extractions: {', '.join(map(str, dirs))}; seeds {args.seeds}; "
             f"cap {args.cap_per_file} flows/file; aggregate {args.aggregate}"])
         print(f"wrote {args.html}")
     return 0

@@ -30,12 +30,19 @@ def spec_from_args(args: argparse.Namespace) -> FlowSampleSpec:
 def register(sub) -> None:
     p = sub.add_parser("extract", help="captures -> flow samples and a flow table",
                        description="Read pcap/pcapng captures (gzip too), cut them into "
-                                   "Zeek-like flows and write samples.npy + flows.parquet.")
-    p.add_argument("captures", nargs="+", metavar="CAPTURE")
+                                   "Zeek-like flows and write an extraction directory: "
+                                   "packets.bin + pkt_*.npy (the flow samples), "
+                                   "flows.parquet (the flow table) and extract.json (spec, "
+                                   "inputs, packets used and skipped per capture).")
+    p.add_argument("captures", nargs="+", metavar="CAPTURE",
+                   help="capture files, or directories (searched recursively for captures)")
     p.add_argument("-o", "--out", required=True, help="output directory")
     p.add_argument("--manifest", help="manifest CSV giving file-level labels")
     p.add_argument("--conn-labels", action="append", default=[], metavar="CONN_LOG",
                    help="labelled Zeek conn.log (label column); repeatable")
+    p.add_argument("--label", choices=["normal", "anomalous"],
+                   help="label every flow so (e.g. normal: your own benign traffic, to train "
+                        "on without writing a manifest); not with --manifest/--conn-labels")
     p.add_argument("--strict", action="store_true",
                    help="fail on the first skipped packet or unreadable file")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -44,16 +51,35 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from semiflow.training.extract import extract
+    from semiflow.cli import UsageError
+    from semiflow.training.extract import expand_captures, extract
     from semiflow.training.labels import ConnLogLabels, Manifest
 
     spec = spec_from_args(args)
+    if args.label and (args.manifest or args.conn_labels):
+        raise UsageError("--label labels every flow: do not combine it with --manifest or "
+                         "--conn-labels")
+    captures, ignored = expand_captures(args.captures)
+    if not captures:
+        raise UsageError(f"no capture found in {', '.join(args.captures)}"
+                         + (f" ({len(ignored)} other file(s) ignored)" if ignored else ""))
     manifest = Manifest(args.manifest) if args.manifest else None
     conn = ConnLogLabels(args.conn_labels) if args.conn_labels else None
-    report = extract(args.captures, args.out, spec, manifest=manifest, conn_labels=conn,
-                     strict=args.strict, progress=not args.quiet and sys.stderr.isatty())
-    print(f"{report.files} capture(s), {report.packets} packets, {report.flows} flows "
-          f"-> {args.out}")
-    for line in report.summary_lines():
+    report = extract(captures, args.out, spec, manifest=manifest, conn_labels=conn,
+                     strict=args.strict, progress=not args.quiet and sys.stderr.isatty(),
+                     label=args.label)
+    if report.packets + report.skipped_total == 0:
+        why = "; ".join(f"{p}: {w}" for p, w in report.bad_files[:3])
+        raise UsageError(f"nothing read from {len(captures)} capture(s)"
+                         + (f": {why}" if why else " (no packets in them)")
+                         + (f"; and {len(report.bad_files) - 3} more unreadable"
+                            if len(report.bad_files) > 3 else ""))
+    print(f"{report.files} capture(s), {report.packets} packets used, {report.skipped_total} "
+          f"skipped, {report.flows} flows -> {args.out}")
+    if ignored:
+        print(f"ignored {len(ignored)} file(s) in the directories that are not captures "
+              f"(e.g. {ignored[0]})")
+    for line in (report.summary_lines() + report.file_lines()
+                 + (conn.notes() if conn is not None else [])):
         print(line)
     return 0

@@ -53,8 +53,9 @@ def register(sub) -> None:
     e.set_defaults(func=run_export)
 
 
-def _lookup(uid: str, source: str) -> dict | None:
-    """The uid's 5-tuple and start from logs or an extraction directory."""
+def _lookup(uid: str, source: str, report) -> dict | None:
+    """The uid's 5-tuple and start from logs or an extraction directory; `report` (a
+    ZeekLogReport) counts what reading the logs skipped."""
     from semiflow.training.report import find_logs, load_log
 
     src = Path(source)
@@ -69,11 +70,14 @@ def _lookup(uid: str, source: str) -> dict | None:
         return None
     logs = find_logs([source])
     for kind in ("semiflow", "notice", "conn"):
-        df = load_log(logs.get(kind, []))
+        df = load_log(logs.get(kind, []), report)
         if "uid" not in df:
             continue
-        hit = df[df["uid"] == uid]
-        if len(hit) and "id.orig_h" in hit:
+        tuple_cols = ["id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "ts"]
+        if not set(tuple_cols) <= set(df.columns):
+            continue
+        hit = df[df["uid"] == uid].dropna(subset=tuple_cols)  # unset fields: no 5-tuple
+        if len(hit):
             r = hit.iloc[0]
             proto = str(r["proto"]) if "proto" in hit and r["proto"] == r["proto"] else None
             return {"orig_h": r["id.orig_h"], "orig_p": int(r["id.orig_p"]),
@@ -91,9 +95,15 @@ def run_mark(args: argparse.Namespace) -> int:
         raise UsageError("--uid marks one flow: do not combine it with --host/--port")
     tup = {}
     if args.uid and args.source:
-        tup = _lookup(args.uid, args.source) or {}
+        from semiflow.plugin.zeeklog import ZeekLogReport
+
+        read = ZeekLogReport()
+        tup = _lookup(args.uid, args.source, read) or {}
         if not tup:
-            raise UsageError(f"uid {args.uid} not found in {args.source}")
+            raise UsageError(f"uid {args.uid} not found in {args.source}"
+                             + "".join(f"; {n}" for n in read.notes()))
+        for note in read.notes():
+            print(f"note: {note}")
     host = args.host
     if host and "/" not in host:
         host = host + ("/128" if ":" in host else "/32")

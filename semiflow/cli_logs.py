@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 from semiflow.detector.log_models import MODELS
-from semiflow.detector.log_threshold import CALIBRATIONS
+from semiflow.detector.log_threshold import CALIBRATIONS, FPR_UNITS
 from semiflow.detector.log_tokens import TOKENIZERS
+from semiflow.threads import add_threads_argument, apply_threads
 
 DYAD_FIELDS = [("ts", "time"), ("host_a", "addr"), ("host_b", "addr"), ("n_flows", "count"),
                ("score", "double"), ("threshold", "double"), ("verdict", "string"),
@@ -61,9 +62,13 @@ def register(sub) -> None:
     t.add_argument("--calibration", choices=CALIBRATIONS, default="quantile",
                    help="quantile of the held-out block; upper: a 95%% binomial bound on it; "
                         "chain: pooled forward-chained later-block scores")
+    t.add_argument("--fpr-unit", choices=FPR_UNITS, default="window",
+                   help="what --target-fpr counts: dyad windows (default) or the flows in "
+                        "them (a flagged window flags all its flows; quantile calibration)")
     t.add_argument("--bucket", type=float, default=3600.0, metavar="SECONDS",
                    help="dyad time window (default 3600: dyad-hours; 300 for short lab runs)")
     t.add_argument("--seed", type=int, default=42)
+    add_threads_argument(t)
     t.set_defaults(func=run_train)
 
     s = lsub.add_parser("score", help="score dyad-hours -> semiflow_dyad.log + notice.log")
@@ -92,19 +97,28 @@ def run_train(args: argparse.Namespace) -> int:
     from semiflow.detector.log_detector import auto_device
     from semiflow.training.log_train import train_from_logs
 
+    apply_threads(args.threads)
     params = dict(tokenizer=args.tokenizer, model=args.model, supervised=args.supervised,
                   window=args.window, epochs=args.epochs, batch_size=args.batch_size,
                   lr=args.lr, target_fpr=args.target_fpr, split=args.split,
                   calib_fraction=args.calib_fraction, seed=args.seed,
                   calibration=args.calibration, bucket_s=args.bucket,
-                  device=auto_device(args.device))
+                  fpr_unit=args.fpr_unit, device=auto_device(args.device))
     det, report = train_from_logs(args.logs, params, args.out, progress=_progress(args))
     for line in report.summary_lines():
         print(line)
     print(f"trained {det!r} on {det.n_train_flows_} flows, vocabulary {len(det.vocab_)}, "
           f"final loss {det.history_[-1]:.4f}")
-    print(f"threshold {det.threshold_:.4f} at target FPR {det.target_fpr} "
-          f"({det.calibration_source_}, {det.n_calib_flows_} flows) -> {args.out}")
+    n_calib = len(det.calib_scores_)  # one score per dyad-hour
+    chained = "chained" in det.calibration_source_
+    flows = "" if chained else f", {det.n_calib_flows_} flows"
+    by_flow = getattr(det, "fpr_unit", "window") == "flow" and not chained
+    n_unit = det.n_calib_flows_ if by_flow else n_calib  # what the target FPR counts
+    print(f"threshold {det.threshold_:.4f} at target FPR {det.target_fpr} on {n_calib} "
+          f"{det.calibration_source_}{flows}"
+          + (f"; too few {'flows' if by_flow else 'dyad-hours'} to resolve this FPR"
+             if n_unit * det.target_fpr < 1 else "")
+          + f" -> {args.out}")
     b = det.baseline_
     print(f"frequency baseline ({b.tokenizer} tokens, {len(b.counts_)} distinct): threshold "
           f"{b.threshold_:.4f} -> {os.path.join(args.out, 'baseline.json')}")
@@ -188,14 +202,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
     m = evaluate_scores(scored["model"])
     if base is not None:
         m["baseline"] = evaluate_scores(scored["baseline"])
-    if args.json:
+    if args.json:  # stdout is the JSON; what reading skipped goes to stderr
+        for line in report.summary_lines()[1:]:
+            print(f"note: {line}", file=sys.stderr)
         print(json.dumps(m))
         return 0
     for line in report.summary_lines():
         print(line)
     if m["malicious"] == 0:
         print("no dyad-hour holds a flow labelled malicious: AUROC undefined")
-    print(f"dyad-hours {m['dyad_hours']} (malicious {m['malicious']}), flagged {m['flagged']}")
+    print(f"dyad-hours {m['dyad_hours']} (malicious {m['malicious']}, base rate "
+          f"{m['base_rate']:.4f}: the precision of flagging everything), flagged {m['flagged']}")
     rows = [(f"{det.model} LM" if not det.supervised else f"{det.model} supervised", m)]
     if base is not None:
         rows.append(("frequency baseline (rarest token)", m["baseline"]))

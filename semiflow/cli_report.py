@@ -34,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
                        captures=args.captures, top_explain=args.explain_top, title=args.title)
     print(f"{res['flows']} flows, {res['flagged']} flagged, {res['notices']} notices, "
           f"{len(res['explained'])} explained; wrote {res['out']}")
-    if res["malformed"]:
-        print(f"note: {res['malformed']} malformed log line(s) skipped")
+    if not res["flagged"] and not res["anomalous_dyads"]:
+        print("no anomalies in this period")
+    for note in res["notes"]:
+        print(f"note: {note}")
     return 0

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from semiflow.detector.threshold import DEFAULT_TARGET_FPR
+from semiflow.threads import add_threads_argument, apply_threads
 
 DEFAULT_MAX_FLOWS = 50_000   # = training.train.DEFAULT_MAX_FLOWS (not imported: keeps --help light)
 
@@ -52,8 +53,7 @@ def register(sub) -> None:
                         "with 3 or more files, else by time)")
     p.add_argument("--resume", action="store_true",
                    help="continue from MODEL_DIR/checkpoint.pt of an interrupted run")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: torch's choice; 1 on a busy machine)")
+    add_threads_argument(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -67,11 +67,7 @@ def run(args: argparse.Namespace) -> int:
         v = getattr(args, flag)
         if v is not None and v < 0:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 0")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError("--threads must be >= 1")
-        import torch
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     summary = train(args.extract_dirs, args.out, config=args.config, epochs=args.epochs,
                     device=args.device, seed=args.seed, target_fpr=args.target_fpr,
                     resume=args.resume, max_flows_per_file=args.max_flows_per_file or None,

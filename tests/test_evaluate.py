@@ -223,3 +223,89 @@ def test_evaluate_model_as_is(tiny_extract, tmp_path):
     save_artifact(tmp_path / "model2", enc, cls, cfg, other)
     assert main(["evaluate", str(tiny_extract), "--model", str(tmp_path / "model2"),
                  "--benchmark", "vpn", "-q"]) == 2          # mismatched spec: clear error
+
+
+def test_benchmarks_that_do_not_apply_are_skipped_up_front(tiny_extract, tmp_path, capsys):
+    """tiny_extract holds normal and VPN flows only: attacks and malformed cannot be built.
+    `--benchmark all` runs vpn, says what it skipped and why, and writes the JSON."""
+    from semiflow.cli import main
+    out = tmp_path / "r.json"
+    before = torch.get_num_threads()
+    try:
+        assert main(["evaluate", str(tiny_extract), "--detectors", "pca", "--cap-per-file",
+                     "10", "--json", str(out), "--threads", "1", "-q"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    text = capsys.readouterr().out
+    assert "skipped: benchmark attacks needs" in text and "found" in text
+    assert "skipped: benchmark malformed needs" in text
+    blob = json.loads(out.read_text())
+    assert blob["benchmarks"] == ["vpn"] and set(blob["skipped"]) == {"attacks", "malformed"}
+    assert {r["benchmark"] for r in blob["runs"]} == {"vpn"}
+    assert main(["evaluate", str(tiny_extract), "--benchmark", "attacks", "--detectors",
+                 "pca", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "benchmark attacks needs" in err
+
+
+@pytest.fixture(scope="module")
+def lab_extract(tmp_path_factory):
+    """The bundled lab sample, labelled per flow by its conn.log (benign and 8 attacks)."""
+    from pathlib import Path
+
+    from semiflow.detector.spec import FlowSampleSpec
+    from semiflow.training.extract import extract
+    from semiflow.training.labels import ConnLogLabels
+    data = Path(__file__).resolve().parent.parent / "semiflow" / "data" / "lab-sample"
+    out = tmp_path_factory.mktemp("lab") / "flows"
+    extract([str(data / "capture.pcap.gz")], out, FlowSampleSpec(),
+            conn_labels=ConnLogLabels([data / "labels.conn.log.gz"]))
+    return out
+
+
+def test_evaluate_train_on_one_extraction_test_on_another(tiny_extract, lab_extract, tmp_path,
+                                                          capsys):
+    from semiflow.cli import main
+    from semiflow.plugin.flowstore import FlowStore
+    out = tmp_path / "t.json"
+    assert main(["evaluate", "--train", str(tiny_extract), "--test", str(lab_extract),
+                 "--detectors", "iforest,pca", "--param", "iforest.n_estimators=20",
+                 "--json", str(out), "-q"]) == 0
+    text = capsys.readouterr().out
+    assert "fit on the normal flows of --train" in text and "± " not in text
+    blob = json.loads(out.read_text())
+    assert blob["benchmarks"] == ["train-test"] and blob["skipped"] == {}
+    runs = blob["runs"]
+    assert {r["detector"] for r in runs} == {"iforest", "pca"}
+    lab = FlowStore.open(lab_extract).flows
+    tiny = FlowStore.open(tiny_extract).flows
+    n_anom = int((lab["label"] == "anomalous").sum())
+    n_norm = int((lab["label"] == "normal").sum())
+    for r in runs:
+        m, u = r["metrics"], r["unscored"]
+        assert (m["n_anomalous"] + u["anomalous"], m["n_normal"] + u["normal"]) == (n_anom,
+                                                                                   n_norm)
+        assert r["train_flows"] + r["val_flows"] == int((tiny["label"] == "normal").sum())
+        assert 0.0 <= m["auroc"] <= 1.0
+    assert main(["evaluate", "--train", str(lab_extract), "--test", str(lab_extract),
+                 "--detectors", "pca", "-q"]) == 2
+    assert "in both --train and --test" in capsys.readouterr().err
+    assert main(["evaluate", "--train", str(lab_extract), "--detectors", "pca"]) == 2
+    assert "--train and --test go together" in capsys.readouterr().err
+
+
+def test_one_seed_table_has_plain_values_and_bold_only_against_others():
+    from semiflow.training.evaluate_run import markdown_table
+
+    def row(det, auroc, seeds, sd):
+        return {"benchmark": "b", "fold": "pooled", "detector": det, "seeds": seeds,
+                "auroc_mean": auroc, "auroc_std": sd, "fit_seconds_mean": 1.0}
+    one = pd.DataFrame([row("a", 0.9, 1, np.nan)])
+    text = markdown_table(one, metrics=("auroc",))
+    assert "| b | pooled | a | 0.900 | 1.0 |" in text and "**" not in text
+    two = pd.DataFrame([row("a", 0.9, 1, np.nan), row("c", 0.7, 1, np.nan)])
+    text = markdown_table(two, metrics=("auroc",))
+    assert "**0.900**" in text and "| c | 0.700 |" in text and "±" not in text
+    seeds = pd.DataFrame([row("a", 0.9, 3, 0.01), row("c", 0.7, 3, 0.02)])
+    assert "**0.900 ± 0.010**" in markdown_table(seeds, metrics=("auroc",))

@@ -94,6 +94,40 @@ def test_upper_bound_threshold_holds_where_the_quantile_overshoots():
     assert calibrate_threshold(np.arange(50.0), 0.01, "upper") == 49.0  # too few: the max
 
 
+def test_time_split_holds_out_a_bucket_even_when_there_are_few():
+    from semiflow.detector.log_detector import split_holdout
+    from semiflow.detector.log_tokens import group_bounds
+
+    for n_hours, held_hours in ((2, 1), (4, 1), (5, 1), (10, 2), (24, 4)):
+        seq = dyad_hour_frame(normalize_conn(_conn(range(n_hours))), "port")
+        b = group_bounds(seq)
+        held = split_holdout(seq, b, "time", 0.2)
+        hours = seq["hour"].to_numpy()[b[:-1]]
+        assert len(np.unique(hours[held])) == held_hours, n_hours
+        assert hours[held].min() > hours[~held].max()  # the LAST buckets
+
+
+def test_flow_weighted_threshold_counts_the_flows_a_flagged_window_flags():
+    # one busy window (90 flows) scores highest: 1% of WINDOWS flags it, i.e. half the flows;
+    # 1% of FLOWS (1.9 of 190) may only flag windows holding one flow, so not that one
+    scores = np.concatenate([np.arange(100.0), [99.5]])
+    flows = np.concatenate([np.ones(100), [90.0]])
+    by_window = calibrate_threshold(scores, 0.01)
+    by_flow = calibrate_threshold(scores, 0.01, weights=flows)
+    assert ((scores > by_window) * flows).sum() == 90
+    assert by_flow == 99.5
+    assert ((scores > by_flow) * flows).sum() <= 0.01 * flows.sum()
+    assert ((scores >= by_flow) * flows).sum() > 0.01 * flows.sum()  # the least such score
+    with pytest.raises(ValueError, match="quantile"):
+        calibrate_threshold(scores, 0.01, "upper", weights=flows)
+    train = _conn(range(10))
+    win = FrequencyBaseline(tokenizer="port").fit(train)
+    flo = FrequencyBaseline(tokenizer="port", fpr_unit="flow").fit(train)
+    assert len(flo.calib_flows_) == len(flo.calib_scores_) and flo.calib_flows_.sum() > 0
+    assert flo.threshold_ == calibrate_threshold(win.calib_scores_, 0.01,
+                                                 weights=win.calib_flows_)
+
+
 def test_chain_calibration_pools_later_blocks():
     seq = dyad_hour_frame(normalize_conn(_conn(range(8))), "port")
     seen = []

@@ -78,3 +78,47 @@ def test_bad_model_and_missing_log_are_one_line_errors(sliced, tmp_path, capsys)
     assert main(["logs", "train", str(tmp_path / "missing.log"), "-o", str(tmp_path / "m"),
                  "-q"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_train_messages_threads_and_base_rate(sliced, tmp_path, capsys):
+    """The calibration line counts dyad-hours as dyad-hours (flows apart); --threads caps
+    torch; evaluate prints the base rate (what precision flagging everything would get)."""
+    import re
+    train, test = sliced
+    before = torch.get_num_threads()
+    try:
+        assert main(["logs", "train", str(train), "-o", str(tmp_path / "m"), "--tokenizer",
+                     "port", "--epochs", "1", "--threads", "1", "-q"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    out = capsys.readouterr().out
+    m = re.search(r"on (\d+) held-out normal dyad-hours, (\d+) flows", out)
+    assert m, out
+    assert 0 < int(m.group(1)) < int(m.group(2))  # several flows per dyad-hour here
+    assert main(["logs", "evaluate", str(test), "--model", str(tmp_path / "m"), "-q"]) == 0
+    out = capsys.readouterr().out
+    m = re.search(r"dyad-hours (\d+) \(malicious (\d+), base rate ([0-9.]+)", out)
+    assert m, out
+    assert float(m.group(3)) == pytest.approx(int(m.group(2)) / int(m.group(1)), abs=1e-4)
+    assert main(["logs", "train", str(train), "-o", str(tmp_path / "m2"), "--threads", "0",
+                 "-q"]) == 2
+    assert "--threads must be >= 1" in capsys.readouterr().err
+
+
+def test_train_with_the_fpr_counted_in_flows(sliced, tmp_path, capsys):
+    """--fpr-unit flow: the windows above the threshold hold <= target of the held-out flows,
+    and the model remembers the unit; with `upper` it is one clear error line."""
+    from semiflow.detector.log_detector import LogLMDetector
+
+    train, _ = sliced
+    model = tmp_path / "m"
+    assert main(["logs", "train", str(train), "-o", str(model), "--tokenizer", "port",
+                 "--epochs", "1", "--fpr-unit", "flow", "--target-fpr", "0.05", "-q"]) == 0
+    det = LogLMDetector.load(model)
+    assert det.fpr_unit == "flow"
+    capsys.readouterr()
+    assert main(["logs", "train", str(train), "-o", str(tmp_path / "u"), "--tokenizer", "port",
+                 "--epochs", "1", "--fpr-unit", "flow", "--calibration", "upper", "-q"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "quantile" in err[0]

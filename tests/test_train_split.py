@@ -106,3 +106,30 @@ def test_train_one_capture_calibrates_on_the_latest_block(one_capture, tmp_path,
     n = sum(p["flows"] for p in parts.values())
     assert prov["metrics"]["threshold"]["n_normal"] == parts["calib"]["flows"]
     assert parts["calib"]["flows"] == n - round(0.7 * n) - round(0.15 * n)
+
+
+def test_small_calibration_file_falls_back_to_a_time_split():
+    """4 captures: a file split gives calib one file; if that file is tiny (14 flows) the
+    threshold would rest on 14 flows. With split=auto the time split is used instead when it
+    has enough calibration flows; when neither has, the file split stays and the log warns."""
+    from semiflow.training.train import split_normal
+    sizes = {"big1.pcap": 400, "big2.pcap": 400, "big3.pcap": 400, "tiny.pcap": 14}
+    f = pd.DataFrame({"source_file": [n for n, k in sizes.items() for _ in range(k)],
+                      "ts": np.arange(sum(sizes.values()), dtype=float)})
+    tiny_seed = next(s for s in range(50) if (split_normal(f, seed=s, split="file",
+                                                           log=lambda m: None) == "test").sum()
+                     == 14)
+    said: list[str] = []
+    part = split_normal(f, seed=tiny_seed, split="auto", log=said.append, min_calib=100)
+    assert (part == "test").sum() >= 100  # 15% of 1214 flows, the latest of each capture
+    assert any("split by TIME (a split by file leaves 14 calibration flows, fewer than the "
+               "100" in s for s in said)
+    for split in ("auto", "file"):  # 1000 needed: neither split has them; say so
+        said.clear()
+        part = split_normal(f, seed=tiny_seed, split=split, log=said.append, min_calib=1000)
+        assert (part == "test").sum() == 14
+        assert any(s.startswith("warning: the split by file leaves 14 calibration flows")
+                   for s in said)
+    said.clear()
+    part = split_normal(f, seed=tiny_seed, split="file", log=said.append, min_calib=100)
+    assert (part == "test").sum() == 14 and "would calibrate on 182" in said[-1]

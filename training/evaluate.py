@@ -22,6 +22,13 @@ from semiflow.plugin.flowstore import FlowStore
 from semiflow.training.dataset import cap_flows_per_file, packet_rows
 
 BENCHMARKS = ("attacks", "vpn", "malformed")
+# what each construction needs from the extraction's labels (said when it does not apply)
+NEEDS = {"attacks": "flows labelled normal and anomalous flows of a family other than "
+                    "malformed (extract with --manifest or --conn-labels)",
+         "vpn": "nDPI corpus flows labelled normal, some of family vpn/tor (the corpus "
+                "extracted with its manifest)",
+         "malformed": "flows labelled normal and anomalous flows of family malformed (the "
+                      "corpus extracted with its manifest)"}
 FPR_POINTS = (1e-3, 1e-2)
 NDPI = "ntop/nDPI"
 
@@ -140,6 +147,7 @@ class Split:
     test: np.ndarray
     y_test: np.ndarray                       # 1 = anomalous, aligned with test
     notes: list[str] = field(default_factory=list)
+    within_files: bool = False               # train/val split by time inside captures
 
 
 def _file_parts(files: np.ndarray, fractions: tuple[float, float], seed: int
@@ -170,6 +178,27 @@ def _roles(flows: pd.DataFrame, benchmark: str) -> tuple[np.ndarray, np.ndarray]
     raise ValueError(f"unknown benchmark {benchmark!r}; choose from {', '.join(BENCHMARKS)}")
 
 
+class NotApplicable(ValueError):
+    """The extraction lacks the flows a benchmark construction needs."""
+
+
+def plan_benchmarks(flows: pd.DataFrame, benchmarks: list[str], seeds: list[int],
+                    cap_per_file: int | None = 50, loso: bool = True
+                    ) -> tuple[list[Split], dict[str, str]]:
+    """Every split to run, built before anything is fitted, and the benchmarks that do not
+    apply to these flows with the reason (so a long run never fails at its last benchmark)."""
+    splits: list[Split] = []
+    skipped: dict[str, str] = {}
+    for bench in benchmarks:
+        try:
+            for seed in seeds:
+                splits += make_splits(flows, bench, seed, cap_per_file, loso=loso)
+        except NotApplicable as e:
+            skipped[bench] = str(e)
+            splits = [s for s in splits if s.benchmark != bench]
+    return splits, skipped
+
+
 def make_splits(flows: pd.DataFrame, benchmark: str, seed: int = 0,
                 cap_per_file: int | None = 50, fractions: tuple[float, float] = (0.6, 0.1),
                 loso: bool = True) -> list[Split]:
@@ -180,8 +209,8 @@ def make_splits(flows: pd.DataFrame, benchmark: str, seed: int = 0,
         len(flows), bool)
     normal, anom = normal & keep, anom & keep
     if not normal.any() or not anom.any():
-        raise ValueError(f"benchmark {benchmark}: needs normal and anomalous flows; found "
-                         f"{int(normal.sum())} normal, {int(anom.sum())} anomalous")
+        raise NotApplicable(f"benchmark {benchmark} needs {NEEDS[benchmark]}; found "
+                            f"{int(normal.sum())} normal, {int(anom.sum())} anomalous")
     file_col = flows["source_file"].to_numpy()
     src_col = flows["source"].to_numpy()
 
@@ -211,6 +240,8 @@ def check_split(flows: pd.DataFrame, split: Split) -> None:
     parts = [set(files[split.train]), set(files[split.val]), set(files[split.test])]
     for i in range(3):
         for j in range(i + 1, 3):
+            if split.within_files and (i, j) == (0, 1):
+                continue  # a time split: train and val are earlier/later flows of one file
             both = parts[i] & parts[j]
             if both:
                 raise AssertionError(f"{split.benchmark}/{split.fold}: file(s) in two parts: "

@@ -231,18 +231,24 @@ def summarize(records: list[dict]) -> pd.DataFrame:
 
 def markdown_table(summary: pd.DataFrame,
                    metrics: tuple[str, ...] = ("auroc", "auprc", "tpr@0.001")) -> str:
-    """benchmark | fold | detector | metric mean ± std ... ; best mean per column in bold."""
+    """benchmark | fold | detector | metric mean ± std ... ; best mean per column in bold.
+
+    With one seed there is no spread: plain values, no "± 0.000". Bold marks the best of
+    several detectors; a lone detector has nothing to beat."""
     head = ["benchmark", "split", "detector"] + [m.upper().replace("TPR@0.001", "TPR@1e-3")
                                                  for m in metrics] + ["fit s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    if summary.empty:
+        return "\n".join(lines)
+    one_seed = bool((summary["seeds"] <= 1).all())
     for (_, _), g in summary.groupby(["benchmark", "fold"], sort=False):
         best = {m: g[f"{m}_mean"].max() for m in metrics}
         for _, r in g.iterrows():
             cells = [r["benchmark"], r["fold"], r["detector"]]
             for m in metrics:
                 mu, sd = r[f"{m}_mean"], r[f"{m}_std"]
-                txt = f"{mu:.3f} ± {0.0 if np.isnan(sd) else sd:.3f}"
-                cells.append(f"**{txt}**" if mu == best[m] else txt)
+                txt = f"{mu:.3f}" if one_seed else f"{mu:.3f} ± {0.0 if np.isnan(sd) else sd:.3f}"
+                cells.append(f"**{txt}**" if mu == best[m] and len(g) > 1 else txt)
             cells.append(f"{r['fit_seconds_mean']:.1f}")
             lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)

@@ -8,7 +8,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from semiflow.detector.spec import FlowSampleSpec
-from semiflow.plugin.capture import CaptureError, FlowTable, ScanReport, scan_capture
+from semiflow.plugin.capture import (
+    GZIP_MAGIC,
+    PCAP_MAGICS,
+    PCAPNG_MAGIC,
+    CaptureError,
+    FlowTable,
+    ScanReport,
+    scan_capture,
+)
 from semiflow.plugin.flowstore import FlowStoreWriter, batch_to_frame
 
 from .labels import UNKNOWN, ConnLogLabels, Manifest
@@ -18,11 +26,40 @@ class StrictError(RuntimeError):
     """--strict and something was skipped."""
 
 
+def _is_capture(path: Path) -> bool:
+    """pcap, pcapng or a gzip'd one, by the first bytes (names vary: .cap, .dmp, none)."""
+    import gzip
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head[:2] == GZIP_MAGIC:
+            with gzip.open(path, "rb") as g:
+                head = g.read(4)
+    except (OSError, EOFError):
+        return True  # unreadable: let the scan say why, counted as a bad file
+    return head in PCAP_MAGICS or head == PCAPNG_MAGIC
+
+
+def expand_captures(paths: Sequence[str | os.PathLike]) -> tuple[list[str], list[str]]:
+    """Files as given; directories searched recursively for captures (sorted). Returns
+    (captures, files under the directories that are not captures: README, LICENSE, ...)."""
+    out, ignored = [], []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            out.append(str(p))
+            continue
+        for f in sorted(q for q in p.rglob("*") if q.is_file()):
+            (out if _is_capture(f) else ignored).append(str(f))
+    return out, ignored
+
+
 def extract(captures: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
             spec: FlowSampleSpec, manifest: Manifest | None = None,
             conn_labels: ConnLogLabels | None = None, strict: bool = False,
-            progress: bool = False) -> ScanReport:
-    """Scan every capture into one extraction directory; returns what was seen and skipped."""
+            progress: bool = False, label: str | None = None) -> ScanReport:
+    """Scan every capture into one extraction directory; returns what was seen and skipped.
+    `label` labels every flow (family "user"), for traffic known as a whole."""
     report = ScanReport()
     writer = FlowStoreWriter(out_dir, spec)
     table = FlowTable(spec)
@@ -40,13 +77,16 @@ def extract(captures: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
             try:
                 for batch in scan_capture(cap, table, report):
                     flows = batch_to_frame(batch, cap)
-                    labels = _labels(flows, cap, manifest, conn_labels)
+                    labels = _labels(flows, cap, manifest, conn_labels, label)
                     for col in ("label", "family", "source"):
                         flows[col] = labels[col].to_numpy() if col in labels else ""
                     writer.write(batch, flows)
             except (CaptureError, OSError) as e:
                 report.bad_files.append((cap, str(e)))
-            inputs.append({"file": cap, "bytes": size})
+            seen = report.per_file[-1] if report.per_file and \
+                report.per_file[-1]["file"] == cap else {"packets": 0, "skipped": {}}
+            inputs.append({"file": cap, "bytes": size, "packets": seen["packets"],
+                           "skipped": seen["skipped"]})
             if bar is not None:
                 bar.update(size)
             if strict and not report.clean:
@@ -62,9 +102,10 @@ def extract(captures: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     return report
 
 
-def _labels(flows, cap, manifest, conn_labels):
+def _labels(flows, cap, manifest, conn_labels, label=None):
     import pandas as pd
-    out = pd.DataFrame({"label": UNKNOWN, "family": "", "source": ""}, index=flows.index)
+    out = pd.DataFrame({"label": label or UNKNOWN, "family": "user" if label else "",
+                        "source": ""}, index=flows.index)
     if manifest is not None:
         out = manifest.label_flows(flows, cap)
     if conn_labels is not None:

@@ -76,23 +76,40 @@ class ConnLogLabels:
     def __init__(self, paths: list[str | os.PathLike], tolerance: float = 1.0):
         frames = []
         self.report = ZeekLogReport()
+        self.unusable = 0  # rows without a start time or a full 5-tuple
+        keys = ["ts", "orig_h", "orig_p", "resp_h", "resp_p", "proto"]
         for p in paths:
             df = read_zeek_log(p, self.report)
+            if not len(df.columns):
+                raise ValueError(f"{p}: no header and no readable rows (empty, or not a Zeek "
+                                 "conn.log)" + "".join(f"; {n}" for n in self.report.notes()))
             col = next((c for c in ("label", "Label") if c in df.columns), None)
             if col is None:
                 raise ValueError(f"{p}: conn.log has no label column")
             df = df.rename(columns={"id.orig_h": "orig_h", "id.orig_p": "orig_p",
                                     "id.resp_h": "resp_h", "id.resp_p": "resp_p"})
+            missing = [k for k in keys if k not in df.columns]
+            if missing:
+                raise ValueError(f"{p}: conn.log lacks column(s) {', '.join(missing)}")
             df["label"] = df[col].astype(str).str.strip().str.lower().map(_CONN_LABELS)
             df["label"] = df["label"].fillna(UNKNOWN)
             df["family"] = df["detailedlabel"].fillna("") if "detailedlabel" in df else ""
-            frames.append(df[["ts", "orig_h", "orig_p", "resp_h", "resp_p", "proto",
-                              "label", "family"]])
-        self.table = pd.concat(frames, ignore_index=True).dropna(subset=["ts"])
+            usable = df[keys].notna().all(axis=1)
+            self.unusable += int((~usable).sum())
+            frames.append(df.loc[usable, keys + ["label", "family"]])
+        self.table = pd.concat(frames, ignore_index=True)
         self.table["ts"] = self.table["ts"].astype(float)
         self.table["orig_p"] = self.table["orig_p"].astype("int64")
         self.table["resp_p"] = self.table["resp_p"].astype("int64")
         self.tolerance = tolerance
+
+    def notes(self) -> list[str]:
+        """What reading the labels skipped or repaired (empty when clean)."""
+        out = [f"conn labels: {n}" for n in self.report.notes()]
+        if self.unusable:
+            out.append(f"conn labels: skipped {self.unusable} row(s) whose start time or "
+                       "5-tuple is unset")
+        return out
 
     def label_flows(self, flows: pd.DataFrame) -> pd.DataFrame:
         out = pd.DataFrame({"label": UNKNOWN, "family": ""}, index=flows.index)

@@ -32,13 +32,15 @@ class LogReadReport:
     files: int = 0
     flows: int = 0
     late: int = 0
+    unusable: int = 0  # rows without a start time or an endpoint address
     zeek: ZeekLogReport = field(default_factory=ZeekLogReport)
 
     def summary_lines(self) -> list[str]:
         out = [f"{self.files} file(s), {self.zeek.lines} log lines, {self.flows} flows"]
-        if self.zeek.malformed:
-            out.append(f"skipped {self.zeek.malformed} malformed line(s): "
-                       + "; ".join(self.zeek.examples))
+        out += self.zeek.notes()
+        if self.unusable:
+            out.append(f"skipped {self.unusable} row(s) whose start time or endpoint "
+                       "addresses are unset")
         if self.late:
             out.append(f"{self.late} flow(s) arrived after their dyad-hour was scored "
                        "(scored as a separate fragment)")
@@ -78,8 +80,10 @@ def iter_conn_frames(paths: list[str | os.PathLike], report: LogReadReport | Non
             if len(df) == 0:
                 continue
             conn = normalize_conn(df, bucket_s)
+            report.unusable += len(df) - len(conn)
             report.flows += len(conn)
-            yield conn
+            if len(conn):
+                yield conn
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -95,10 +99,12 @@ def collect_sequences(paths: list[str | os.PathLike], tokenizer: str,
                       report: LogReadReport | None = None, chunk_rows: int = 200_000,
                       progress: bool | None = None, bucket_s: float = 3600.0) -> pd.DataFrame:
     """All dyad-hour sequences of the logs (a dyad_hour_frame), read chunk-wise."""
+    report = report if report is not None else LogReadReport()
     parts = [_compact(dyad_hour_frame(c, tokenizer))
              for c in iter_conn_frames(paths, report, chunk_rows, progress, bucket_s)]
     if not parts:
-        raise ValueError("no flows found in the input logs")
+        raise ValueError("no flows found in the input logs ("
+                         + "; ".join(report.summary_lines()) + ")")
     seq = pd.concat(parts, ignore_index=True)
     seq = seq.astype({"host_a": str, "host_b": str, "token": str})
     return seq.sort_values(["hour", "host_a", "host_b", "ts"], kind="stable", ignore_index=True)
@@ -137,7 +143,8 @@ def train_from_logs(paths: list[str | os.PathLike], params: dict, out: str | os.
 def baseline_for(det: LogLMDetector, **kw) -> FrequencyBaseline:
     """The frequency baseline matching an LM: same tokenizer, window, split, calibration."""
     p = {k: getattr(det, k) for k in ("tokenizer", "target_fpr", "calib_fraction", "split",
-                                      "top_k", "bucket_s", "calibration", "confidence")}
+                                      "top_k", "bucket_s", "calibration", "confidence",
+                                      "fpr_unit")}
     return FrequencyBaseline(**{**p, **kw})
 
 
@@ -200,6 +207,8 @@ def evaluate_scores(scored: pd.DataFrame) -> dict:
     """
     from sklearn.metrics import roc_auc_score
 
+    if not len(scored):
+        scored = pd.DataFrame({"malicious": [], "verdict": [], "score": []})
     y = scored["malicious"].to_numpy().astype(bool)
     pred = (scored["verdict"] == "anomalous").to_numpy()
     if "threshold" in scored and len(scored):
@@ -209,7 +218,8 @@ def evaluate_scores(scored: pd.DataFrame) -> dict:
     tp, fp = int((pred & y).sum()), int((pred & ~y).sum())
     out = {"dyad_hours": int(len(y)), "malicious": int(y.sum()), "flagged": int(pred.sum()),
            "precision": tp / max(tp + fp, 1), "recall": tp / max(int(y.sum()), 1),
-           "fpr": fp / max(int((~y).sum()), 1), "auroc": float("nan"), "threshold": out_thr}
+           "fpr": fp / max(int((~y).sum()), 1), "auroc": float("nan"), "threshold": out_thr,
+           "base_rate": float(y.mean()) if len(y) else float("nan")}
     if 0 < y.sum() < len(y):
         out["auroc"] = float(roc_auc_score(y, scored["score"].to_numpy()))
     return out

@@ -67,8 +67,11 @@ class ReportData:
     conn: pd.DataFrame
     dyad: pd.DataFrame
     files: dict[str, list[Path]]
-    malformed: int = 0
-    malformed_examples: list[str] = field(default_factory=list)
+    read: ZeekLogReport = field(default_factory=ZeekLogReport)  # what reading skipped
+
+    @property
+    def malformed(self) -> int:
+        return self.read.malformed
 
     @property
     def flagged(self) -> pd.DataFrame:
@@ -79,8 +82,10 @@ class ReportData:
 
     @property
     def threshold(self) -> float:
-        t = pd.to_numeric(self.semiflow.get("threshold"), errors="coerce")
-        return float(t.median()) if t is not None and t.notna().any() else math.nan
+        if "threshold" not in self.semiflow:
+            return math.nan
+        t = pd.to_numeric(self.semiflow["threshold"], errors="coerce")
+        return float(t.median()) if t.notna().any() else math.nan
 
 
 def load_report_data(paths: Iterable[str | os.PathLike]) -> ReportData:
@@ -96,7 +101,7 @@ def load_report_data(paths: Iterable[str | os.PathLike]) -> ReportData:
             lambda v: COVERAGE.get(str(v), "unscored"))
         s["score"] = pd.to_numeric(s.get("score"), errors="coerce")
     return ReportData(frames["semiflow"], frames["notice"], frames["conn"], frames["dyad"],
-                      files, rep.malformed, rep.examples)
+                      files, rep)
 
 
 # ---- figures ------------------------------------------------------------------------------
@@ -379,20 +384,21 @@ def build_report(paths: Iterable[str | os.PathLike], out: str | os.PathLike,
     span = (f"{_iso(s['ts'].min())} – {_iso(s['ts'].max())} UTC" if len(s) and "ts" in s
             else "no semiflow.log")
     models = ", ".join(sorted({str(m) for m in s.get("model_version", pd.Series()).dropna()}))
+    n_dyads = int((d.dyad.get("verdict", pd.Series()) == "anomalous").sum())
     cards = "".join([
         _card(len(s), "flows in semiflow.log"), _card(int(cov.get("scored", 0)), "scored"),
         _card(len(flagged), "flagged anomalous", alert=len(flagged) > 0),
         _card(len(d.notice), "notices"),
         _card(int(len(s) - cov.get("scored", 0)), "not scored (any reason)"),
-        _card(int((d.dyad.get("verdict", pd.Series()) == "anomalous").sum()),
-              "anomalous dyad-hours"),
+        _card(n_dyads, "anomalous dyad-hours"),
         _card(f"{d.threshold:.4g}" if not math.isnan(d.threshold) else "-", "threshold")])
     cov_tbl = simple_table(cov.rename_axis("status").reset_index(name="flows"), "coverage")
     dy = d.dyad
     dy_tbl = simple_table(dy[dy["verdict"] == "anomalous"].sort_values("score", ascending=False)
                           if len(dy) and "verdict" in dy else dy, "dyad")
-    notes = (f'<p class="note">{d.malformed} malformed log line(s) skipped: '
-             f"{_esc('; '.join(d.malformed_examples))}</p>" if d.malformed else "")
+    quiet = not len(flagged) and not n_dyads
+    notes = "".join(f'<p class="note">{_esc(n)}</p>' for n in
+                    (["no anomalies in this period"] if quiet else []) + d.read.notes())
     srcs = "; ".join(f"{k}: {len(v)} file(s)" for k, v in sorted(d.files.items()))
     body = f"""
 <header><h1>{_esc(title)}</h1><div class="meta">{_esc(span)} · {_esc(srcs)}
@@ -429,4 +435,5 @@ export</span> turns marked flows into training data.</p>
             f"<style>{CSS}</style></head><body>{body}<script>{JS}</script></body></html>")
     Path(out).write_text(page, encoding="utf-8")
     return {"flows": len(s), "flagged": len(flagged), "notices": len(d.notice),
-            "explained": sorted(explained), "malformed": d.malformed, "out": str(out)}
+            "anomalous_dyads": n_dyads, "explained": sorted(explained),
+            "notes": d.read.notes(), "out": str(out)}

@@ -12,6 +12,7 @@ them, are scored for the report only and never touch the fit.
 from __future__ import annotations
 
 import importlib.metadata
+import math
 import os
 import platform
 import subprocess
@@ -69,21 +70,44 @@ LEVELS = ("flow", "packet")
 DEFAULT_MAX_FLOWS = 50_000
 
 
+def _time_split(normal: pd.DataFrame, why: str, log: Callable[[str], None]) -> np.ndarray:
+    log(f"split by TIME ({why}): within each capture the earliest 70% of normal flows "
+        "train, the next 15% validate, the latest 15% calibrate the threshold")
+    return split_by_time(normal, (0.7, 0.15, 0.15))
+
+
 def split_normal(normal: pd.DataFrame, seed: int = 42, split: str = "auto",
-                 log: Callable[[str], None] = print) -> np.ndarray:
+                 log: Callable[[str], None] = print, min_calib: int = 0) -> np.ndarray:
     """'train' / 'val' / 'test' (= calib) per normal flow: by capture file when there are
     at least 3 files (split="auto"), else by time within each capture (70/15/15 by start
-    time, calib the latest block; the log says so)."""
+    time, calib the latest block; the log says so). A file split that leaves fewer than
+    `min_calib` calibration flows (a small calib file: too few to resolve the target FPR) is
+    replaced by the time split when that one has enough (split="auto"); otherwise the log
+    warns, so a coarse threshold is never silent."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     nfiles = normal["source_file"].nunique()
     if split == "time" or (split == "auto" and nfiles < 3):
         why = "asked for" if split == "time" else f"only {nfiles} normal capture file(s)"
-        log(f"split by TIME ({why}): within each capture the earliest 70% of normal flows "
-            "train, the next 15% validate, the latest 15% calibrate the threshold")
-        return split_by_time(normal, (0.7, 0.15, 0.15))
+        return _time_split(normal, why, log)
     if nfiles < 2:
         raise ValueError("split='file' needs at least 2 normal capture files")
+    part = _file_split(normal, nfiles, seed)
+    n_calib = int((part == "test").sum())
+    if n_calib < min_calib:
+        by_time = int(round(0.15 * len(normal)))
+        if split == "auto" and by_time >= min_calib:
+            return _time_split(normal, f"a split by file leaves {n_calib} calibration flows, "
+                               f"fewer than the {min_calib} the target FPR needs", log)
+        log(f"warning: the split by file leaves {n_calib} calibration flows, fewer than the "
+            f"{min_calib} the target FPR needs: the threshold is coarse"
+            + (f" (--split time would calibrate on {by_time})" if by_time > n_calib else
+               "; more normal traffic, or a larger --target-fpr, resolves it"))
+    return part
+
+
+def _file_split(normal: pd.DataFrame, nfiles: int, seed: int) -> np.ndarray:
+    """Whole files: 70/15/15, or with fewer than 7 files one file each for val and calib."""
     if nfiles < 7:   # too few files for 15% each: give val and calib one file each
         files = sorted(normal["source_file"].unique())
         rng = np.random.default_rng(seed)
@@ -98,12 +122,12 @@ def split_normal(normal: pd.DataFrame, seed: int = 42, split: str = "auto",
 
 def normal_parts(extract_dirs: Sequence[str | os.PathLike], max_flows: int | None = (
                      DEFAULT_MAX_FLOWS), seed: int = 42, log: Callable[[str], None] = print,
-                 max_flows_per_file: int | None = None, split: str = "auto"
-                 ) -> tuple[dict[str, pd.DataFrame], list[FlowStore]]:
+                 max_flows_per_file: int | None = None, split: str = "auto",
+                 min_calib: int = 0) -> tuple[dict[str, pd.DataFrame], list[FlowStore]]:
     """The flow tables of train / val / calib (normal flows with a sample) and anomalous
     (all labelled anomalous flows), without packet rows. Columns _store (extraction index)
     and row (row in that store) locate each flow. Benchmarks use this to fit other
-    detectors on exactly the flows `semiflow train` uses."""
+    detectors on exactly the flows `semiflow train` uses. `min_calib`: see split_normal."""
     if not extract_dirs:
         raise ValueError("no extraction directory given")
     stores = []
@@ -133,7 +157,7 @@ def normal_parts(extract_dirs: Sequence[str | os.PathLike], max_flows: int | Non
         log(f"using {len(normal)} of {n_all} normal flows (max {max_flows} in all"
             + (f", {max_flows_per_file} per capture file" if max_flows_per_file else "")
             + "; evenly spaced in time)")
-    part = split_normal(normal, seed, split, log)
+    part = split_normal(normal, seed, split, log, min_calib)
     parts = {"train": normal[part == "train"], "val": normal[part == "val"],
              "calib": normal[part == "test"]}
     if len(parts["calib"]) == 0:
@@ -146,10 +170,11 @@ def normal_parts(extract_dirs: Sequence[str | os.PathLike], max_flows: int | Non
 
 def load_parts(extract_dirs: Sequence[str | os.PathLike], max_flows_per_file: int | None = None,
                seed: int = 42, log: Callable[[str], None] = print,
-               max_flows: int | None = DEFAULT_MAX_FLOWS, split: str = "auto"
-               ) -> tuple[dict, list]:
+               max_flows: int | None = DEFAULT_MAX_FLOWS, split: str = "auto",
+               min_calib: int = 0) -> tuple[dict, list]:
     """normal_parts with each part's packet rows (Part)."""
-    parts, stores = normal_parts(extract_dirs, max_flows, seed, log, max_flows_per_file, split)
+    parts, stores = normal_parts(extract_dirs, max_flows, seed, log, max_flows_per_file, split,
+                                 min_calib)
     return {k: _rows(stores, v) for k, v in parts.items()}, stores
 
 
@@ -242,9 +267,10 @@ def train(extract_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     out.mkdir(parents=True, exist_ok=True)
     if level not in LEVELS:
         raise ValueError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
+    min_calib = math.ceil(1.0 / target_fpr) if 0 < target_fpr < 1 else 0
     if level == "flow":
         parts, stores = normal_parts(extract_dirs, max_flows, seed, log, max_flows_per_file,
-                                     split)
+                                     split, min_calib)
         log(f"labelled anomalous flows: {len(parts['anomalous'])} -- used ONLY for the "
             "validation report, never for fitting or early stopping")
         prov = _provenance(parts, extract_dirs, command, seed, max_flows_per_file, max_flows,
@@ -253,7 +279,8 @@ def train(extract_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                              target_fpr=target_fpr, log=log, provenance=prov)
         return {"out": str(out), "seconds": round(time.perf_counter() - started, 2),
                 **{k: v for k, v in metrics.items() if k != "history"}}
-    parts, stores = load_parts(extract_dirs, max_flows_per_file, seed, log, max_flows, split)
+    parts, stores = load_parts(extract_dirs, max_flows_per_file, seed, log, max_flows, split,
+                               min_calib)
     where = ["_store", "row"]
     calib_is_val = parts["calib"].flows[where].equals(parts["val"].flows[where])
     spec = stores[0].spec
