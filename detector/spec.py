@@ -46,9 +46,12 @@ class FlowSampleSpec:
     def __post_init__(self) -> None:
         for name, top in (("k", MAX_K), ("l", MAX_L)):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or \
-                    not 1 <= v <= top:
-                raise ValueError(f"spec: {name} must be an integer in 1..{top}, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise ValueError(f"spec: {name} must be an integer, got {v!r}")
+            if v < 1:
+                raise ValueError(f"spec: {name} must be >= 1, got {v}")
+            if v > top:
+                raise ValueError(f"spec: {name} must be <= {top}, got {v}")
             object.__setattr__(self, name, int(v))
         if self.selection not in _SELECT_CODES:
             raise ValueError(f"spec: selection must be one of {sorted(_SELECT_CODES)}, "
