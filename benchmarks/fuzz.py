@@ -5,11 +5,12 @@
     python benchmarks/fuzz.py --targets capture --seed 0 --case 1234   # replay one case
     python benchmarks/fuzz.py --boundscheck --targets capture,pcap-log,zeek-ws --cases 2000
 
-Targets and their mutators: benchmarks/fuzz_targets.py, benchmarks/fuzz_mutate.py. Case i
-of a target is made from random.Random(f"{target}:{seed}:{i}") alone, so any case can be
-replayed. Each target runs in its own worker process; the parent gives every case
-`--time-limit` seconds (a hang: the worker is killed and restarted at the next case) and
-counts a worker that dies (a segfault in a compiled kernel, the OOM killer) as a crash.
+Targets: benchmarks/fuzz_capture.py, fuzz_messages.py, fuzz_artifacts.py (listed in
+fuzz_targets.py); mutators: fuzz_mutate.py. Case i of a target is made from
+random.Random(f"{target}:{seed}:{i}") alone, so any case can be replayed. Each target runs
+in its own worker process; the parent gives every case `--time-limit` seconds (a hang: the
+worker is killed and restarted at the next case) and counts a worker that dies (a segfault
+in a compiled kernel, the OOM killer) as a crash.
 
 Outcomes: accepted (parsed and used), counted skip (rejected with the parser's documented
 clean error, or partly skipped and counted by the product's own counters), crash (any other

@@ -106,8 +106,8 @@ def packet_model(tmp_path_factory):
 @pytest.fixture(scope="module")
 def flow_model(tmp_path_factory):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    from fuzz_targets import _flow_artifact
-    return _flow_artifact(tmp_path_factory.mktemp("f") / "tiny-flow")
+    from fuzz_artifacts import tiny_flow_artifact
+    return tiny_flow_artifact(tmp_path_factory.mktemp("f") / "tiny-flow")
 
 
 def _variant(src: Path, dst: Path, meta_edit=None, weights: bytes | None = None) -> Path:
@@ -209,7 +209,7 @@ FLOW_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(FLOW_CASES))
-def test_corrupt_flow_artifact_is_one_value_error(flow_model, tmp_path, case):
+def test_corrupttiny_flow_artifact_is_one_value_error(flow_model, tmp_path, case):
     from semiflow.detector.scoring import load_scorer
 
     edit, words = FLOW_CASES[case]
