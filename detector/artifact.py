@@ -113,12 +113,38 @@ def save_artifact(path: str | os.PathLike, encoder: torch.nn.Module,
     return out
 
 
+# An artifact's config is outside input: numbers no model has are refused before any module
+# is built (a layer count of 65536 alone makes building take minutes; 10**400 forever).
+MAX_CONFIG_INT = 1 << 31
+MAX_CONFIG_LIST = 1024
+MAX_BLOCKS = 1024
+
+
+def check_config_numbers(d) -> None:
+    """ValueError unless every number in the config is finite and of a size models have."""
+    import math
+
+    if not isinstance(d, dict):
+        raise ValueError(f"config must be an object, got {type(d).__name__}")
+    for key, v in d.items():
+        items = v if isinstance(v, list) else [v]
+        if len(items) > MAX_CONFIG_LIST:
+            raise ValueError(f"config: {key} has {len(items)} entries")
+        for x in items:
+            if isinstance(x, bool) or not isinstance(x, (int, float)):
+                continue  # types are the config class's to check
+            if abs(x) > MAX_CONFIG_INT or (isinstance(x, float) and not math.isfinite(x)):
+                raise ValueError(f"config: {key} = {str(x)[:40]} is out of range")
+        if key.endswith("blocks") and isinstance(v, int) and v > MAX_BLOCKS:
+            raise ValueError(f"config: {key} = {v} (at most {MAX_BLOCKS})")
+
+
 def _read_json(path: Path) -> dict:
     try:
         d = json.loads(path.read_text())
     except FileNotFoundError as e:
         raise ValueError(f"model artifact: {path.name} missing in {path.parent}") from e
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ValueError(f"model artifact: {path} is not valid JSON ({e})") from e
     if not isinstance(d, dict):
         raise ValueError(f"model artifact: {path} must hold a JSON object")
@@ -145,11 +171,13 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
     if level == "flow":
         return _load_flow_level(root, meta)
     try:
+        check_config_numbers(meta["config"])
         config = SemiFlowConfig.from_dict(meta["config"])
         spec = FlowSampleSpec.from_dict(meta["spec"])
         threshold = Threshold.from_dict(meta["threshold"]) if meta.get("threshold") else None
         weights = meta["weights"]
-    except (KeyError, TypeError, ValueError) as e:
+        wpath = root / _weights_name(weights)
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
         raise ValueError(f"model artifact: {root / META_FILE} is malformed ({e})") from e
     if spec.l != config.length:
         raise ValueError(f"model artifact: spec L={spec.l} does not match the model's "
@@ -160,7 +188,6 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
     score_kind = meta.get("score", "probability")
     if score_kind not in SCORE_KINDS:
         raise ValueError(f"model artifact: unknown score kind {score_kind!r}")
-    wpath = root / weights.get("file", WEIGHTS_FILE)
     if not wpath.exists():
         raise ValueError(f"model artifact: weights {wpath.name} missing in {root}")
     refuse_world_writable(wpath, "model artifact:")
@@ -171,11 +198,16 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
         tensors = load_file(str(wpath))
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"model artifact: cannot read {wpath} ({e})") from e
-    encoder, classifier = inference_modules(config)
-    for name, mod in (("encoder", encoder), ("classifier", classifier)):
+
+    def modules() -> dict[str, torch.nn.Module]:
+        encoder, classifier = inference_modules(config)
+        mods = {"encoder": encoder, "classifier": classifier}
+        if score_kind == "flow-nll":
+            mods["flow"] = Flow(config)
+        return mods
+    check_weights_fit(modules, tensors, root, wpath)
+    for name, mod in modules().items():
         _load_into(mod, tensors, name, wpath)
-    if score_kind == "flow-nll":
-        _load_into(Flow(config), tensors, "flow", wpath)
     prov_path = root / PROVENANCE_FILE
     provenance = _read_json(prov_path) if prov_path.exists() else {}
     return Artifact(config=config, spec=spec, tensors=tensors, threshold=threshold,
@@ -184,11 +216,47 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
                     score_kind=score_kind)
 
 
+def _weights_name(weights) -> str:
+    """The weights file named in semiflow-model.json: a plain name inside the artifact
+    directory (never a path that leads out of it)."""
+    if not isinstance(weights, dict):
+        raise ValueError("weights must be an object")
+    name = weights.get("file", WEIGHTS_FILE)
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+        raise ValueError(f"weights file must be a file name in the artifact, got {name!r}")
+    return name
+
+
+# What building torch modules from a config that is not one raises (wrong types, negative
+# or absurd sizes).
+_BUILD_ERRORS = (TypeError, ValueError, RuntimeError, OverflowError, IndexError,
+                 ZeroDivisionError, KeyError, AttributeError)
+
+
+def check_weights_fit(modules, tensors: dict, root: Path, wpath: Path) -> None:
+    """Build the modules the config describes on the meta device (no memory) and check the
+    weights fit them: a corrupt or mismatched config is one ValueError, never a huge
+    allocation or a torch error while the real modules are built."""
+    import warnings
+
+    with warnings.catch_warnings():  # zero-size or meta tensors are no-ops, said loudly
+        warnings.simplefilter("ignore")
+        try:
+            with torch.device("meta"):
+                mods = modules()
+        except _BUILD_ERRORS as e:
+            first = (str(e).splitlines() or [""])[0][:200]
+            raise ValueError(f"model artifact: {root / META_FILE} describes no model this "
+                             f"semiflow can build ({type(e).__name__}: {first})") from e
+        for name, mod in mods.items():
+            _load_into(mod, tensors, name, wpath)
+
+
 def _load_into(module: torch.nn.Module, tensors: dict, prefix: str, wpath: Path) -> None:
     sd = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
     try:
         module.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
+    except (RuntimeError, TypeError) as e:
         first = str(e).splitlines()[0] if str(e) else "mismatch"
         raise ValueError(f"model artifact: {wpath.name} does not fit the {prefix} its config "
                          f"describes ({first})") from e
@@ -216,7 +284,7 @@ def _weights(root: Path, meta: dict) -> tuple[Path, dict]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    wpath = root / meta["weights"].get("file", WEIGHTS_FILE)
+    wpath = root / _weights_name(meta["weights"])
     if not wpath.exists():
         raise ValueError(f"model artifact: weights {wpath.name} missing in {root}")
     refuse_world_writable(wpath, "model artifact:")
@@ -231,24 +299,28 @@ def _weights(root: Path, meta: dict) -> tuple[Path, dict]:
 
 def _load_flow_level(root: Path, meta: dict) -> Artifact:
     """A flow-level artifact (format 2); its weights are checked by building the detector."""
-    from .semiflow_flowartifact import check_spec, detector_from_tensors
+    from .semiflow_flowartifact import check_spec, detector_from_tensors, flow_modules
     from .semiflow_flownet import FlowNetConfig
 
     try:
+        check_config_numbers(meta["config"])
         config = FlowNetConfig.from_dict(meta["config"])
         spec = FlowSampleSpec.from_dict(meta["spec"])
         threshold = Threshold.from_dict(meta["threshold"]) if meta.get("threshold") else None
         score_kind, stats = meta["score"], meta.get("score_stats", {})
-        meta["weights"]["file"]
-    except (KeyError, TypeError, ValueError) as e:
+        _weights_name(meta["weights"])
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
         raise ValueError(f"model artifact: {root / META_FILE} is malformed ({e})") from e
-    if score_kind not in FLOW_SCORE_KINDS:
+    if not isinstance(score_kind, str) or score_kind not in FLOW_SCORE_KINDS:
         raise ValueError(f"model artifact: unknown score kind {score_kind!r}")
+    if not isinstance(stats, dict):
+        raise ValueError("model artifact: score_stats must be an object")
     try:
         check_spec(spec, config)
     except ValueError as e:
         raise ValueError(f"model artifact: {e}") from e
     wpath, tensors = _weights(root, meta)
+    check_weights_fit(lambda: flow_modules(config), tensors, root, wpath)
     detector_from_tensors(config, score_kind, stats, tensors, wpath.name)
     prov_path = root / PROVENANCE_FILE
     return Artifact(config=config, spec=spec, tensors=tensors, threshold=threshold,

@@ -125,5 +125,20 @@ class FlowScorer:
 
 def load_scorer(path: str | os.PathLike, device: str | torch.device | None = None,
                 batch_size: int = 4096) -> FlowScorer:
-    """Load an artifact directory for inference (CUDA if available, else CPU)."""
-    return FlowScorer(load_artifact(path), device=device, batch_size=batch_size)
+    """Load an artifact directory for inference (CUDA if available, else CPU).
+
+    The model scores one empty sample of its own spec before it is handed out: an artifact
+    whose config fits its weights but not its input (a corrupt length, say) fails here, as
+    a ValueError, rather than on every flow of a running service."""
+    scorer = FlowScorer(load_artifact(path), device=device, batch_size=batch_size)
+    spec = scorer.spec
+    try:
+        s = scorer.score_flows(np.zeros((1, spec.k, spec.l), np.uint8), np.ones(1, np.int64))
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise ValueError(f"model artifact: {path} cannot score a sample of its own spec "
+                         f"(K={spec.k}, L={spec.l}): {type(e).__name__}: {first}") from e
+    if not np.isfinite(s).all():
+        raise ValueError(f"model artifact: {path} cannot score: it scores a sample of its "
+                         f"own spec as {s[0]} (corrupt weights?)")
+    return scorer

@@ -69,8 +69,11 @@ def detector_from_tensors(cfg: FlowNetConfig, score: str, stats: dict,
     det.classifier_ = None
     try:
         det.stats_ = {k: (float(v[0]), float(v[1])) for k, v in stats.items()}
-    except (TypeError, ValueError, IndexError) as e:
-        raise ValueError(f"model artifact: malformed score_stats ({e})") from e
+    except (TypeError, ValueError, IndexError, KeyError, OverflowError) as e:
+        raise ValueError(f"model artifact: malformed score_stats ({e!r})") from e
+    if not all(np.isfinite(m) and np.isfinite(s) and s > 0 for m, s in det.stats_.values()):
+        raise ValueError("model artifact: score_stats need a finite mean and a positive "
+                         "finite scale")
     if score == "nll+rec" and not {"nll", "rec"} <= set(det.stats_):
         raise ValueError("model artifact: score nll+rec needs score_stats for nll and rec")
     return det

@@ -18,6 +18,11 @@ from . import frame as fr
 SELECT_PAYLOAD = "payload"
 SELECT_ALL = "all"
 _SELECT_CODES = {SELECT_PAYLOAD: 0, SELECT_ALL: 1}
+# Upper bounds of a spec: no frame is longer than libpcap's MAXIMUM_SNAPLEN (2^18 bytes), and
+# K beyond a few thousand packets is no sample of a connection's start. A spec read from an
+# artifact is outside input: these bounds keep a corrupt one from sizing m x K x L buffers.
+MAX_K = 4096
+MAX_L = 1 << 18
 
 # Flow status: why a flow has (or lacks) a sample. A flow with nothing selected is reported
 # as such, never scored as normal.
@@ -39,10 +44,15 @@ class FlowSampleSpec:
     layout: str = field(default="ip60-transport60-payload", compare=True)
 
     def __post_init__(self) -> None:
-        if self.k < 1:
-            raise ValueError(f"spec: k must be >= 1, got {self.k}")
-        if self.l < 1:
-            raise ValueError(f"spec: l must be >= 1, got {self.l}")
+        for name, top in (("k", MAX_K), ("l", MAX_L)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise ValueError(f"spec: {name} must be an integer, got {v!r}")
+            if v < 1:
+                raise ValueError(f"spec: {name} must be >= 1, got {v}")
+            if v > top:
+                raise ValueError(f"spec: {name} must be <= {top}, got {v}")
+            object.__setattr__(self, name, int(v))
         if self.selection not in _SELECT_CODES:
             raise ValueError(f"spec: selection must be one of {sorted(_SELECT_CODES)}, "
                              f"got {self.selection!r}")
@@ -74,6 +84,8 @@ class FlowSampleSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> FlowSampleSpec:
+        if not isinstance(d, dict):
+            raise ValueError(f"spec: expected an object, got {type(d).__name__}")
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         known["mask"] = tuple(known.get("mask", ("addresses",)))
         return cls(**known)

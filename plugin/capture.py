@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -27,6 +28,9 @@ PCAP_MAGICS = {
 PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 GZIP_MAGIC = b"\x1f\x8b"
 BLOCK = 8 << 20
+# What a broken gzip stream raises: a bad header (OSError), a cut (EOFError), corrupt
+# deflate data (zlib.error, which is not an OSError).
+STREAM_ERRORS = (OSError, EOFError, zlib.error)
 MAX_CAPLEN = 1 << 18  # libpcap's MAXIMUM_SNAPLEN; a larger caplen means a corrupt record
 
 # Zeek's defaults: tcp_inactivity_timeout, udp_inactivity_timeout, icmp_inactivity_timeout,
@@ -255,13 +259,13 @@ def open_capture(path: str | os.PathLike):
     fh = gzip.open(path, "rb") if head[:2] == GZIP_MAGIC else open(path, "rb")
     try:
         magic = fh.read(4)
-    except (OSError, EOFError) as e:
+        rest = fh.read(20) if magic in PCAP_MAGICS else b""
+    except STREAM_ERRORS as e:
         fh.close()
         raise CaptureError(f"unreadable: {e}") from e
     if magic == PCAPNG_MAGIC:
         return fh, True, magic
     if magic in PCAP_MAGICS:
-        rest = fh.read(20)
         if len(rest) < 20:
             fh.close()
             raise CaptureError("truncated pcap file header")
@@ -284,7 +288,7 @@ def _read_block(fh, size: int) -> tuple[bytes, Exception | None]:
                 break
             parts.append(b)
             got += len(b)
-    except (OSError, EOFError) as e:
+    except STREAM_ERRORS as e:
         return b"".join(parts), e
     return b"".join(parts), None
 

@@ -53,6 +53,7 @@ class EveFollower:
         self._ino: int | None = None
         self._pos = 0
         self._partial = b""
+        self._skip_rest = False   # inside a runaway line that was counted and dropped
 
     def _open(self) -> bool:
         try:
@@ -60,6 +61,7 @@ class EveFollower:
         except FileNotFoundError:
             return False
         self._fh, self._ino, self._pos, self._partial = fh, os.fstat(fh.fileno()).st_ino, 0, b""
+        self._skip_rest = False
         return True
 
     def _read_all(self) -> list[dict]:
@@ -72,9 +74,16 @@ class EveFollower:
             data = self._partial + chunk
             lines = data.split(b"\n")
             self._partial = lines.pop()
+            if self._skip_rest:  # the rest of a dropped runaway line: not a line of its own
+                if not lines:
+                    self._partial = b""
+                    continue
+                lines.pop(0)
+                self._skip_rest = False
             if len(self._partial) > self.max_line:   # a runaway line: count it, drop it
                 self._bad(self._partial[:80])
                 self._partial = b""
+                self._skip_rest = True
             for line in lines:
                 self._line(line, out)
         return out
@@ -85,7 +94,7 @@ class EveFollower:
         self.counters.lines += 1
         try:
             rec = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than the stack
             rec = None
         if not isinstance(rec, dict):
             self._bad(line[:80])

@@ -39,6 +39,7 @@ HEAD = re.compile(r'"SemiFlow::flow_request"\s*}\s*,\s*{\s*"@data-type"\s*:\s*"v
                   r'"([^"\\]*)"\s*}\s*,\s*{\s*"@data-type"\s*:\s*"string"\s*,\s*"data"\s*:'
                   r'\s*"([^"\\]*)"')
 
+ZEEK_CODE = re.compile(r"[a-z][a-z0-9_]{0,47}")
 _DECL = zw.EVENTS[zw.FLOW_REQUEST]
 _TAGS = ["vector" if t.startswith("vector") else zw.ZEEK_TO_JSON[t] for _, t in _DECL]
 
@@ -49,6 +50,15 @@ def head_of(raw: str | bytes) -> tuple[str, str] | None:
         raw = raw[:4096].decode("utf-8", "replace")
     m = HEAD.search(raw[:4096])
     return (m.group(1), m.group(2)) if m else None
+
+
+def zeek_error_kind(code) -> str:
+    """The error counter's kind for a Zeek error message: Zeek's codes are short snake_case
+    words; anything else is one kind, so a sender cannot mint unbounded counter (metrics
+    label) names or log lines."""
+    if isinstance(code, str) and ZEEK_CODE.fullmatch(code):
+        return f"zeek:{code}"
+    return "zeek:other"
 
 
 def _vector(v: dict, tag: str, types: tuple) -> list:
@@ -96,7 +106,8 @@ def _thorough(raw: str | bytes) -> tuple:
     except (ValueError, RecursionError) as e:
         raise RequestError("json", f"not valid JSON ({e})") from None
     if isinstance(msg, dict) and msg.get("type") == "error":
-        raise RequestError(f"zeek:{msg.get('code')}", f"zeek says: {msg.get('context')}")
+        raise RequestError(zeek_error_kind(msg.get("code")),
+                           f"zeek says: {str(msg.get('context'))[:300]}")
     try:
         _, name, args = zw.parse_event(msg)
         if name != zw.FLOW_REQUEST:

@@ -146,7 +146,10 @@ def _check(value: dict, zeek_type: str, where: str):
     v = value["data"]
     py = _py_type(zeek_type)
     if py is float and isinstance(v, int) and not isinstance(v, bool):
-        v = float(v)
+        try:
+            v = float(v)
+        except OverflowError:
+            raise WireError("value", f"{where}: {want} out of range") from None
     if py is int and (isinstance(v, bool) or not isinstance(v, int)):
         raise WireError("type", f"{where}: {want} data must be an integer")
     if not isinstance(v, py):

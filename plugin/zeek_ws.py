@@ -12,17 +12,94 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ipaddress
 import json
 import logging
 import random
 import ssl
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 import websockets
 
 log = logging.getLogger("semiflow.zeek_ws")
 
 WS_PATH = "/v1/messages/json"
+
+# The largest text frame Zeek legally sends us, so the client can refuse anything bigger
+# instead of buffering it (websockets' max_size; it closes the connection with 1009). A
+# flow_request carries at most K frames (SemiFlow::k, the model's K); a frame is at most
+# libpcap's MAXIMUM_SNAPLEN bytes (SemiFlow::snaplen = 0 ships whole frames), base64 makes
+# 4 characters of every 3 bytes; each frame also brings its ts/wire_len/is_orig values and
+# the four {"@data-type":..,"data":..} wrappers (< 256 characters, with Zeek's %f reals);
+# the rest of a request (event name, uid, topics, addresses, ports, counts, Zeek's metadata
+# vector) is well under 4 KiB. For K = 8 that is about 2.8 MB. A message kind carrying
+# several requests multiplies it by the most requests one message may hold.
+FRAME_MAX = 1 << 18
+FRAME_JSON_OVERHEAD = 256
+REQUEST_JSON_OVERHEAD = 4096
+
+
+def max_message_size(k: int, requests_per_message: int = 1) -> int:
+    """Bytes of the largest legal message from Zeek for K-packet flow requests."""
+    per_frame = 4 * -(-FRAME_MAX // 3) + FRAME_JSON_OVERHEAD
+    return requests_per_message * (REQUEST_JSON_OVERHEAD + k * per_frame)
+
+
+class ZeekTLSError(ConnectionError):
+    """A TLS certificate problem: retrying cannot fix it, so the client stops."""
+
+
+# TLS alerts by which the server turns down our client certificate (OpenSSL reason codes).
+_CLIENT_CERT_ALERTS = ("CERTIFICATE_REQUIRED", "BAD_CERTIFICATE", "UNKNOWN_CA",
+                       "CERTIFICATE_UNKNOWN", "CERTIFICATE_EXPIRED", "CERTIFICATE_REVOKED",
+                       "UNSUPPORTED_CERTIFICATE", "ACCESS_DENIED")
+
+
+def tls_failure(exc: BaseException, url: str) -> str | None:
+    """One line saying what to fix, if exc (or what caused it) is a certificate problem."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return (f"TLS: {url} presented a certificate that does not verify "
+                    f"({exc.verify_message}); check --tls-ca and that the URL's host name is "
+                    "one Zeek's certificate is issued for")
+        reason = (exc.reason or "") if isinstance(exc, ssl.SSLError) else ""
+        if any(a in reason for a in _CLIENT_CERT_ALERTS):
+            return (f"TLS: {url} refused our client certificate ({reason}); check --tls-cert "
+                    "and --tls-key against the CA Zeek verifies clients with")
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+def _tls_hint(exc: BaseException, url: str) -> str:
+    """Over TLS, a server that closes during the opening handshake has usually refused our
+    client certificate (TLS 1.3 may say so only in an alert the client never reads)."""
+    if not url.startswith("wss://"):
+        return ""
+    while exc is not None:
+        if isinstance(exc, EOFError):
+            return (" (closed during the TLS/WebSocket handshake: if Zeek verifies peers, "
+                    "check --tls-cert and --tls-key)")
+        exc = exc.__cause__ or exc.__context__
+    return ""
+
+
+def plaintext_warning(url: str) -> str | None:
+    """A warning for plain ws:// to anything but a loopback address, else None."""
+    parts = urlsplit(url)
+    if parts.scheme != "ws":
+        return None
+    host = parts.hostname or ""
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        if host == "localhost":
+            return None
+    return (f"PLAIN-TEXT WEBSOCKET to {host}: flow bytes and verdicts cross the network "
+            "unencrypted and unauthenticated; use wss:// with --tls-ca (and --tls-cert/"
+            "--tls-key for Zeek's peer verification)")
 
 
 def normalise_url(url: str) -> str:
@@ -58,8 +135,13 @@ class ZeekClient:
                  ssl_context: ssl.SSLContext | None = None, app_name: str = "semiflow",
                  backoff_initial: float = 0.1, backoff_max: float = 30.0,
                  ack_timeout: float = 10.0, max_pending: int = 100_000,
-                 on_state: Callable[[str], None] | None = None):
+                 on_state: Callable[[str], None] | None = None,
+                 max_size: int = max_message_size(8)):
         self.url = normalise_url(url)
+        self.max_size = max_size
+        warning = plaintext_warning(self.url)
+        if warning:
+            log.warning(warning)
         self.topics = list(topics)
         self.on_message = on_message
         self.ssl_context = ssl_context
@@ -71,6 +153,7 @@ class ZeekClient:
         self.out: collections.deque[str] = collections.deque()
         self.max_pending = max_pending
         self.dropped = 0
+        self.binary_ignored = 0  # binary frames: the API speaks text frames only
         self.connects = 0
         self.zeek_errors: dict[str, int] = {}
         self.ack: dict | None = None
@@ -112,7 +195,8 @@ class ZeekClient:
         while not self._stop.is_set():
             try:
                 async with websockets.connect(
-                        self.url, ssl=self.ssl_context, max_size=None, ping_interval=None,
+                        self.url, ssl=self.ssl_context, max_size=self.max_size,
+                        ping_interval=None,
                         additional_headers={"X-Application-Name": self.app_name},
                         open_timeout=self.ack_timeout, close_timeout=1) as ws:
                     self._ws = ws
@@ -130,9 +214,13 @@ class ZeekClient:
                     await self._pump(ws)
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # refused, reset, TLS, bad ack: all mean "try again"
+            except Exception as e:  # refused, reset, bad ack: all mean "try again"
+                fatal = tls_failure(e, self.url)
+                if fatal:  # except a certificate problem: no retry fixes it
+                    raise ZeekTLSError(fatal) from None
                 if not self._stop.is_set():
-                    log.warning("zeek connection: %s; retrying in %.1fs", e, delay)
+                    log.warning("zeek connection: %s%s; retrying in %.1fs", e,
+                                _tls_hint(e, self.url), delay)
             finally:
                 self._ws = None
                 if self.connected.is_set():
@@ -164,8 +252,12 @@ class ZeekClient:
 
     async def _receive(self, ws) -> None:
         async for msg in ws:
-            if isinstance(msg, bytes):
-                continue  # the API is text frames only
+            if isinstance(msg, bytes):  # the API is text frames only: count, skip
+                if self.binary_ignored == 0:
+                    log.warning("zeek sent a binary frame (%d bytes): ignored; further ones "
+                                "are counted", len(msg))
+                self.binary_ignored += 1
+                continue
             try:
                 self.on_message(msg)
             except Exception as e:  # a handler bug must not drop the connection

@@ -38,6 +38,9 @@ def decode_requests(raws: list) -> RequestBatch:
     return decode_flow_requests(raws)
 
 
+BATCH_FLOWS_MAX = 64  # zeek_scripts/main.zeek SemiFlow::batch_size's default
+
+
 class ServeApp:
     """One detector process: client + batcher + (optional) metrics."""
 
@@ -45,14 +48,16 @@ class ServeApp:
                  max_wait: float = 0.005, queue_size: int = 8192, ssl_context=None,
                  metrics_port: int | None = None, app_name: str = "semiflow",
                  allow=None, extra_metrics=None):
-        from semiflow.plugin.zeek_ws import ZeekClient
+        from semiflow.plugin.zeek_ws import ZeekClient, max_message_size
 
         self.scorer = scorer
         self.last_topic: str | None = None  # where unsolicited events (model_drift) go
         self.stats = ServingStats()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.client = ZeekClient(url, topics, self._on_message, ssl_context=ssl_context,
-                                 app_name=app_name)
+                                 # a flow_batch holds up to SemiFlow::batch_size (64) flows
+                                 app_name=app_name,
+                                 max_size=max_message_size(scorer.spec.k, BATCH_FLOWS_MAX))
         self.batcher = MicroBatcher(scorer, decode_requests, self._on_results,
                                     max_batch=max_batch, max_wait=max_wait,
                                     queue_size=queue_size, stats=self.stats, allow=allow)
@@ -64,6 +69,8 @@ class ServeApp:
                 {"semiflow_zeek_connected": float(self.client.connected.is_set()),
                  "semiflow_zeek_connects_total": float(self.client.connects),
                  "semiflow_verdicts_dropped_total": float(self.client.dropped),
+                 "semiflow_zeek_binary_frames_ignored_total":
+                     float(self.client.binary_ignored),
                  **(extra_metrics() if extra_metrics else {})}))
 
     def _verdict(self, r: FlowResult) -> zw.Verdict:
@@ -129,7 +136,15 @@ class ServeApp:
     async def run(self, stop: asyncio.Event, drain_timeout: float = 20.0) -> None:
         self.loop = asyncio.get_running_loop()
         task = asyncio.create_task(self.client.run())
-        await stop.wait()
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            # the client gave up (a TLS certificate problem): stop, saying why
+            self.batcher.close(1.0)
+            if self.metrics is not None:
+                self.metrics.close()
+            raise task.exception()
         log.info("stopping: finishing queued and in-flight batches")
         await asyncio.to_thread(self.batcher.close, drain_timeout)
         await asyncio.sleep(0)  # let call_soon_threadsafe callbacks run
@@ -252,6 +267,8 @@ def _allow_hook(path: str | None):
     from semiflow.plugin.allowlist import allowlisted, read_allowlist
 
     state = {"mtime": None, "rules": []}
+    if os.path.exists(path):
+        read_allowlist(path)  # refuse a bad (e.g. world-writable) file at start, in one line
 
     def allow(batch: RequestBatch):
         try:

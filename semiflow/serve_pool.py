@@ -70,6 +70,7 @@ def run_pool(args: argparse.Namespace, scorer, shards: list[str],
         log.info("worker %d: shard %s", i, shards[i])
         return subprocess.Popen(worker_command(args, server.addr, shards[i], i))
 
+    failed = False
     procs = [spawn(i) for i in range(len(shards))]
     started = [time.monotonic()] * len(procs)
     log.info("model %s %s (K=%d L=%d) scoring for %d decode workers on %s",
@@ -79,6 +80,12 @@ def run_pool(args: argparse.Namespace, scorer, shards: list[str],
         while not stopping:
             server.serve_once(0.1)
             for i, p in enumerate(procs):
+                if p.poll() == 2 and not stopping:
+                    # 2: the worker stopped on an error it printed in one line (a TLS
+                    # certificate, a bad file); restarting it would repeat that forever
+                    log.error("worker %d stopped on an error (above): stopping", i)
+                    stopping, failed = True, True
+                    break
                 if p.poll() is not None and not stopping:
                     # Back off a worker that dies at once (bad URL, TLS files...).
                     if time.monotonic() - started[i] < 5.0:
@@ -104,4 +111,4 @@ def run_pool(args: argparse.Namespace, scorer, shards: list[str],
         server.close()
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("stopped: scored %d flows in %d merged batches", server.flows, server.batches)
-    return 0
+    return 2 if failed else 0

@@ -135,7 +135,8 @@ class ZeekDouble:
     """Serve /v1/messages/json on 127.0.0.1; record the events clients publish to us."""
 
     def __init__(self, subscriptions=(zw.DEFAULT_VERDICT_TOPIC,), ping_interval: float = 5.0,
-                 port: int = 0, version: str = "8.0.0-double", metadata: str = "8"):
+                 port: int = 0, version: str = "8.0.0-double", metadata: str = "8",
+                 ssl_context=None):
         self.subscriptions = list(subscriptions)  # what "Zeek script" subscribed to
         self.ping_interval = ping_interval
         self.port = port
@@ -147,16 +148,21 @@ class ZeekDouble:
         self.clients: dict = {}  # ws -> subscribed prefixes (after ack)
         self.event = asyncio.Event()  # set whenever something is dispatched
         self.server = None
+        # [OPT] Cluster::WebSocketServerOptions$tls_options: Zeek serves wss:// with its
+        # certificate (and, with enable_peer_verification, requires a client certificate)
+        self.ssl_context = ssl_context
 
     @property
     def url(self) -> str:
+        if self.ssl_context is not None:  # the name test certificates are issued for
+            return f"wss://localhost:{self.port}"
         return f"ws://127.0.0.1:{self.port}"
 
     async def start(self) -> ZeekDouble:
         # [OPT] ping_interval: clients that do not answer pings are dropped.
         self.server = await websockets.serve(
             self._handler, "127.0.0.1", self.port, ping_interval=self.ping_interval,
-            ping_timeout=self.ping_interval, max_size=None)
+            ping_timeout=self.ping_interval, max_size=None, ssl=self.ssl_context)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
 
