@@ -96,3 +96,17 @@ def test_namespaces_are_gone(lab_run):
     prefix = json.loads((lab_run / "run.json").read_text())["namespace_prefix"]
     assert prefix.startswith("sfl")
     assert leftover_namespaces(prefix) == []
+
+
+def test_benign_mix_can_change_for_drift_runs():
+    """`lab.run --mix` (benchmarks/drift_lab.py's changed day): weights override, 0 drops an
+    action, unknown actions are refused. No root needed."""
+    from lab.benign import ACTIONS, BenignTraffic
+    from lab.run import parse_mix
+
+    assert parse_mix("dns=0,redis=30") == {"dns": 0.0, "redis": 30.0}
+    with pytest.raises(ValueError, match="ACTION=WEIGHT"):
+        parse_mix("telnet=3")
+    b = BenignTraffic(None, [], Path("."), 0, weights={"dns": 0, "redis": 30})
+    assert "dns" not in b.actions and b.weights["redis"] == 30
+    assert b.weights["browse"] == ACTIONS["browse"][1]
