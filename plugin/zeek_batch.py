@@ -135,18 +135,6 @@ def b64decode_many(frames: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 # ---- flow_batch -> RequestBatch ---------------------------------------------------------
-def _vector(v: dict, tag: str, types: tuple) -> list:
-    if v["@data-type"] != "vector":
-        raise TypeError
-    items = v["data"]
-    if {x["@data-type"] for x in items} - {tag}:
-        raise TypeError
-    vals = [x["data"] for x in items]
-    if set(map(type, vals)) - set(types):
-        raise TypeError
-    return vals
-
-
 def _fast(args) -> tuple | None:
     """The flow_batch's values if its arguments are well-formed, else None."""
     try:
@@ -155,14 +143,14 @@ def _fast(args) -> tuple | None:
         reply, lt, k, snap = (args[i]["data"] for i in (0, 2, 3, 4))
         if type(reply) is not str or not all(type(x) is int and x >= 0 for x in (lt, k, snap)):
             return None
-        uids = _vector(args[1], "string", (str,))
-        ids = [_vector(args[i], t, (str,)) for i, t in
+        uids = zw.vector_values(args[1], "string", (str,))
+        ids = [zw.vector_values(args[i], t, (str,)) for i, t in
                ((5, "address"), (6, "port"), (7, "address"), (8, "port"))]
-        n = _vector(args[9], "count", (int,))
-        frames = _vector(args[10], "string", (str,))
-        ts = _vector(args[11], "real", (float, int))
-        wl = _vector(args[12], "count", (int,))
-        orig = _vector(args[13], "boolean", (bool,))
+        n = zw.vector_values(args[9], "count", (int,))
+        frames = zw.vector_values(args[10], "string", (str,))
+        ts = zw.vector_values(args[11], "real", (float, int))
+        wl = zw.vector_values(args[12], "count", (int,))
+        orig = zw.vector_values(args[13], "boolean", (bool,))
         m = len(uids)
         if any(len(x) != m for x in ids) or len(n) != m:
             return None

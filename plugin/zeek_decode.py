@@ -61,18 +61,6 @@ def zeek_error_kind(code) -> str:
     return "zeek:other"
 
 
-def _vector(v: dict, tag: str, types: tuple) -> list:
-    if v["@data-type"] != "vector":
-        raise TypeError
-    items = v["data"]
-    if {x["@data-type"] for x in items} - {tag}:
-        raise TypeError
-    vals = [x["data"] for x in items]
-    if set(map(type, vals)) - set(types):
-        raise TypeError
-    return vals
-
-
 def _fast(msg) -> tuple | None:
     """The flow_request's values if msg is one and well-formed, else None."""
     try:
@@ -88,10 +76,10 @@ def _fast(msg) -> tuple | None:
         v = [a["data"] for a in args[:9]]
         if not all(type(x) is str for x in v[:6]) or not all(type(x) is int for x in v[6:]):
             return None
-        frames = _vector(args[9], "string", (str,))
-        ts = _vector(args[10], "real", (float, int))
-        wl = _vector(args[11], "count", (int,))
-        orig = _vector(args[12], "boolean", (bool,))
+        frames = zw.vector_values(args[9], "string", (str,))
+        ts = zw.vector_values(args[10], "real", (float, int))
+        wl = zw.vector_values(args[11], "count", (int,))
+        orig = zw.vector_values(args[12], "boolean", (bool,))
         if not len(frames) == len(ts) == len(wl) == len(orig):
             return None
         return v[0], v[1], v[6], v[7], frames, ts, wl, orig, (v[2], v[3], v[4], v[5])

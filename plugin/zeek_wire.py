@@ -186,6 +186,20 @@ def decode_args(name: str, args: list) -> dict:
     return {n: _check(a, t, f"{name}.{n}") for (n, t), a in zip(decl, args)}
 
 
+def vector_values(v: dict, tag: str, types: tuple) -> list:
+    """The values of a JSON v1 vector whose items are all `tag` with Python types in
+    `types`; TypeError otherwise (the decoders' fast paths fall back to the checked one)."""
+    if v["@data-type"] != "vector":
+        raise TypeError
+    items = v["data"]
+    if {x["@data-type"] for x in items} - {tag}:
+        raise TypeError
+    vals = [x["data"] for x in items]
+    if set(map(type, vals)) - set(types):
+        raise TypeError
+    return vals
+
+
 def port_number(p: str) -> int:
     """'443/tcp' -> 443."""
     try:
