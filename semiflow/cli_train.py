@@ -54,6 +54,13 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue from MODEL_DIR/checkpoint.pt of an interrupted run")
     add_threads_argument(p)
+    p.add_argument("--exclude-uids", metavar="FILE", action="append", default=[],
+                   help="flows never to train on as normal: a file of uids (one per line) or "
+                        "a Zeek log with a uid column (e.g. the incidents analysts confirmed); "
+                        "repeatable")
+    p.add_argument("--store", metavar="STORE",
+                   help="also add the trained model to this model store as a new version "
+                        "(not promoted: diff and shadow it first)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -73,9 +80,38 @@ def run(args: argparse.Namespace) -> int:
                     resume=args.resume, max_flows_per_file=args.max_flows_per_file or None,
                     max_flows=args.max_flows or None, split=args.split,
                     aggregate=args.aggregate, amp=args.amp, score=args.score,
-                    level=args.level,
+                    level=args.level, exclude_uids=read_uids(args.exclude_uids),
                     progress=not args.quiet and sys.stderr.isatty(),
                     command="semiflow " + " ".join(sys.argv[1:]))
     print(f"model written to {summary['out']} ({summary['fit_seconds']:.1f} s of training, "
           f"{summary['train_samples_per_second']:.0f} samples/s)")
+    if args.store:
+        from semiflow.model_store import ModelStore
+
+        name = ModelStore.open_or_create(args.store).add(
+            summary["out"], reason="semiflow " + " ".join(sys.argv[1:]))
+        print(f"added to {args.store} as version {name} (not promoted)")
     return 0
+
+
+def read_uids(paths: list[str]) -> set[str] | None:
+    """uids from plain lists (one per line) or Zeek logs with a uid column."""
+    if not paths:
+        return None
+    from semiflow.plugin.zeeklog import read_zeek_log
+
+    out: set[str] = set()
+    for p in paths:
+        with open(p, "rb") as f:
+            head = f.read(64)
+        if head[:2] == b"\x1f\x8b" or head.startswith(b"#separator") \
+                or head.lstrip().startswith(b"{"):
+            df = read_zeek_log(p)
+            if "uid" not in df:
+                raise ValueError(f"{p}: a Zeek log without a uid column")
+            out |= set(df["uid"].dropna().astype(str))
+        else:
+            with open(p, encoding="utf-8", errors="replace") as f:
+                out |= {line.strip() for line in f if line.strip() and
+                        not line.startswith("#")}
+    return out

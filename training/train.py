@@ -123,11 +123,13 @@ def _file_split(normal: pd.DataFrame, nfiles: int, seed: int) -> np.ndarray:
 def normal_parts(extract_dirs: Sequence[str | os.PathLike], max_flows: int | None = (
                      DEFAULT_MAX_FLOWS), seed: int = 42, log: Callable[[str], None] = print,
                  max_flows_per_file: int | None = None, split: str = "auto",
-                 min_calib: int = 0) -> tuple[dict[str, pd.DataFrame], list[FlowStore]]:
+                 min_calib: int = 0, exclude_uids: set[str] | None = None,
+                 ) -> tuple[dict[str, pd.DataFrame], list[FlowStore]]:
     """The flow tables of train / val / calib (normal flows with a sample) and anomalous
     (all labelled anomalous flows), without packet rows. Columns _store (extraction index)
     and row (row in that store) locate each flow. Benchmarks use this to fit other
-    detectors on exactly the flows `semiflow train` uses. `min_calib`: see split_normal."""
+    detectors on exactly the flows `semiflow train` uses. `min_calib`: see split_normal.
+    `exclude_uids`: flows an analyst confirmed (or anyone distrusts) never count as normal."""
     if not extract_dirs:
         raise ValueError("no extraction directory given")
     stores = []
@@ -145,6 +147,11 @@ def normal_parts(extract_dirs: Sequence[str | os.PathLike], max_flows: int | Non
                       ignore_index=True)
     scored = flows["n_selected"].to_numpy() > 0
     normal = flows[(flows["label"] == "normal").to_numpy() & scored].reset_index(drop=True)
+    if exclude_uids:
+        out = normal["uid"].isin(exclude_uids).to_numpy()
+        log(f"excluded {int(out.sum())} normal flows whose uid is in the exclusion list "
+            f"({len(exclude_uids)} uids)")
+        normal = normal[~out].reset_index(drop=True)
     if len(normal) == 0:
         raise ValueError("no normal flows with a sample: extract with --manifest so files are "
                          "labelled, and train on captures of normal traffic")
@@ -171,10 +178,10 @@ def normal_parts(extract_dirs: Sequence[str | os.PathLike], max_flows: int | Non
 def load_parts(extract_dirs: Sequence[str | os.PathLike], max_flows_per_file: int | None = None,
                seed: int = 42, log: Callable[[str], None] = print,
                max_flows: int | None = DEFAULT_MAX_FLOWS, split: str = "auto",
-               min_calib: int = 0) -> tuple[dict, list]:
+               min_calib: int = 0, exclude_uids: set[str] | None = None) -> tuple[dict, list]:
     """normal_parts with each part's packet rows (Part)."""
     parts, stores = normal_parts(extract_dirs, max_flows, seed, log, max_flows_per_file, split,
-                                 min_calib)
+                                 min_calib, exclude_uids)
     return {k: _rows(stores, v) for k, v in parts.items()}, stores
 
 
@@ -256,7 +263,7 @@ def train(extract_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
           amp: str = "bf16", progress: bool = False, log: Callable[[str], None] = print,
           command: str | None = None, score: str = "classifier",
           max_flows: int | None = DEFAULT_MAX_FLOWS, split: str = "auto",
-          level: str = "flow") -> dict:
+          level: str = "flow", exclude_uids: set[str] | None = None) -> dict:
     """Fit SemiFlow on the normal flows, calibrate the threshold, write the artifact.
 
     level "flow" (default): flow-level SemiFlow on whole flow samples (training/train_flow.py;
@@ -270,7 +277,7 @@ def train(extract_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     min_calib = math.ceil(1.0 / target_fpr) if 0 < target_fpr < 1 else 0
     if level == "flow":
         parts, stores = normal_parts(extract_dirs, max_flows, seed, log, max_flows_per_file,
-                                     split, min_calib)
+                                     split, min_calib, exclude_uids)
         log(f"labelled anomalous flows: {len(parts['anomalous'])} -- used ONLY for the "
             "validation report, never for fitting or early stopping")
         prov = _provenance(parts, extract_dirs, command, seed, max_flows_per_file, max_flows,
@@ -280,7 +287,7 @@ def train(extract_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
         return {"out": str(out), "seconds": round(time.perf_counter() - started, 2),
                 **{k: v for k, v in metrics.items() if k != "history"}}
     parts, stores = load_parts(extract_dirs, max_flows_per_file, seed, log, max_flows, split,
-                               min_calib)
+                               min_calib, exclude_uids)
     where = ["_store", "row"]
     calib_is_val = parts["calib"].flows[where].equals(parts["val"].flows[where])
     spec = stores[0].spec
