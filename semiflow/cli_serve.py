@@ -52,6 +52,7 @@ class ServeApp:
         self.batcher = MicroBatcher(scorer, decode_requests, self._on_results,
                                     max_batch=max_batch, max_wait=max_wait,
                                     queue_size=queue_size, stats=self.stats, allow=allow)
+        self.loop_lag_max = 0.0  # seconds: the event loop's worst delay, see _watch_loop
         self.metrics = None
         if metrics_port is not None:
             from semiflow.plugin.metrics import MetricsServer, render
@@ -59,7 +60,8 @@ class ServeApp:
                 self.stats, self.batcher.queue_depth,
                 {"semiflow_zeek_connected": float(self.client.connected.is_set()),
                  "semiflow_zeek_connects_total": float(self.client.connects),
-                 "semiflow_verdicts_dropped_total": float(self.client.dropped)}))
+                 "semiflow_verdicts_dropped_total": float(self.client.dropped),
+                 "semiflow_event_loop_lag_max_seconds": self.loop_lag_max}))
 
     def _verdict(self, r: FlowResult) -> zw.Verdict:
         return zw.Verdict(r.key, r.status, r.score, self.scorer.threshold, r.anomalous,
@@ -108,10 +110,21 @@ class ServeApp:
         for t in texts:
             self.client.publish(t)
 
+    async def _watch_loop(self, period: float = 0.05) -> None:
+        """The loop's lag (a sleep's overshoot): Zeek drops a client that does not answer
+        its pings (ping_interval 5 s), and the pings are answered on this loop."""
+        loop = asyncio.get_running_loop()
+        while True:
+            t = loop.time()
+            await asyncio.sleep(period)
+            self.loop_lag_max = max(self.loop_lag_max, loop.time() - t - period)
+
     async def run(self, stop: asyncio.Event, drain_timeout: float = 20.0) -> None:
         self.loop = asyncio.get_running_loop()
         task = asyncio.create_task(self.client.run())
+        watch = asyncio.create_task(self._watch_loop())
         await stop.wait()
+        watch.cancel()
         log.info("stopping: finishing queued and in-flight batches")
         await asyncio.to_thread(self.batcher.close, drain_timeout)
         await asyncio.sleep(0)  # let call_soon_threadsafe callbacks run
@@ -124,8 +137,9 @@ class ServeApp:
             task.cancel()
         if self.metrics is not None:
             self.metrics.close()
-        log.info("stopped: %d received, %d scored, %d shed, errors %s", self.stats.received,
-                 self.stats.scored, self.stats.shed, self.stats.errors)
+        log.info("stopped: %d received, %d scored, %d shed, errors %s; event loop lag at "
+                 "most %.1f ms", self.stats.received, self.stats.scored, self.stats.shed,
+                 self.stats.errors, self.loop_lag_max * 1000)
 
 
 def parse_shards(shard: str) -> tuple[list[int], int]:
@@ -186,7 +200,10 @@ def register(sub) -> None:
                        description="Connect to Zeek's WebSocket API, score every flow the "
                                    "semiflow Zeek package publishes, send verdicts back.")
     p.add_argument("--zeek", default="ws://127.0.0.1:27759",
-                   help="Zeek WebSocket endpoint, ws[s]://HOST:PORT (default %(default)s)")
+                   help="Zeek WebSocket endpoint, ws[s]://HOST:PORT (default %(default)s); "
+                        "with --workers W, several comma-separated endpoints (Zeek nodes "
+                        "listening on the same cluster backend) spread the workers' "
+                        "connections: worker i connects to endpoint i %% n")
     p.add_argument("--model", required=True, help="model artifact directory")
     p.add_argument("--topic-prefix", default=zw.DEFAULT_REQUEST_TOPIC,
                    help="request topic prefix (SemiFlow::request_topic; default %(default)s)")
@@ -262,10 +279,20 @@ def run(args: argparse.Namespace, scorer: Scorer | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The event loop (the Zeek socket: pings, reads) shares the GIL with the batcher and
+    # scoring threads; a CPU-bound thread keeps the GIL for the switch interval (5 ms by
+    # default) each time the loop waits on a syscall. 1 ms keeps the loop's reads and
+    # pongs prompt under load.
+    sys.setswitchinterval(0.001)
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
     shards = worker_shards(args.shard, args.workers)
+    from semiflow.serve_pool import zeek_urls
+    urls = zeek_urls(args.zeek)
+    if len(urls) > max(args.workers, 1) or (len(urls) > 1 and args.scorer_addr):
+        raise ValueError(f"--zeek names {len(urls)} endpoints: each decode worker connects "
+                         f"to one, so --workers must be at least {len(urls)}")
     if args.workers > 1 and not args.scorer_addr:
         from semiflow.serve_pool import run_pool
         return run_pool(args, scorer or load_scorer(args.model, device=args.device), shards)
