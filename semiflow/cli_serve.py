@@ -24,7 +24,12 @@ from semiflow.detector.serving import (
     ServingStats,
 )
 from semiflow.plugin import zeek_wire as zw
-from semiflow.plugin.zeek_batch import BatchReply, batch_head, is_batch, verdict_batch_text
+from semiflow.plugin.zeek_batch import (
+    BatchReply,
+    batch_head,
+    is_batch,
+    verdict_batch_columns_text,
+)
 from semiflow.plugin.zeek_decode import decode_flow_requests, head_of, verdict_text
 
 log = logging.getLogger("semiflow.serve")
@@ -72,15 +77,18 @@ class ServeApp:
         """Verdict messages: one verdict per flow_request, one verdict_batch per reply
         topic for the flows that came in flow_batch events."""
         texts = []
-        batched: dict[str, list[zw.Verdict]] = {}
+        batched: dict[str, list[FlowResult]] = {}
         for r in results:
             if isinstance(r.reply, BatchReply):
-                batched.setdefault(r.reply.topic, []).append(self._verdict(r))
+                batched.setdefault(r.reply.topic, []).append(r)
             elif r.reply:
                 texts.append(verdict_text(r.reply, self._verdict(r)))
         sc = self.scorer
-        texts += [verdict_batch_text(t, vs, sc.threshold, sc.model_name, sc.model_version)
-                  for t, vs in batched.items()]
+        for t, rs in batched.items():  # columns straight from the results: no per-flow objects
+            texts.append(verdict_batch_columns_text(
+                t, [r.key for r in rs], [r.status for r in rs], [r.score for r in rs],
+                sc.threshold, [r.anomalous for r in rs], [r.packets for r in rs],
+                sc.model_name, sc.model_version, [r.detail for r in rs]))
         return texts
 
     def _on_message(self, raw: str) -> None:

@@ -188,3 +188,37 @@ def test_histogram_batch_observe_equals_one_by_one():
     b.observe_many(vals)
     b.observe_many([])
     assert a.counts == b.counts and a.n == b.n and a.sum == pytest.approx(b.sum)
+
+
+def test_verdict_batch_text_written_as_text_equals_the_message():
+    """The text-built verdict_batch (cli_serve answers with it) parses to exactly the
+    dict-built message, for awkward strings, non-finite scores and empty batches."""
+    import json
+
+    from semiflow.plugin import zeek_wire as zw
+    from semiflow.plugin.zeek_batch import (
+        verdict_batch_columns_text,
+        verdict_batch_message,
+        verdict_batch_text,
+    )
+    vs = [zw.Verdict("C1", "ok", 0.25, 0.5, False, 4, "m", "v"),
+          zw.Verdict("C2", "error", float("nan"), 0.5, True, 0, "m", "v",
+                     'bad "frame", caf\u00e9 \x1b \\ x'),
+          zw.Verdict("C3", "shed", 1e-5, 0.5, False, 0, "m", "v", "queue, full"),
+          zw.Verdict("C4", "ok", float("inf"), 0.5, False, 7, "m", "v", ""),
+          zw.Verdict("C\u00e95", "ok", -3.0, 0.5, False, 2**40, "m", "v", "")]
+    for sub in (vs, [], vs[:1], vs[2:]):
+        for thr, model in ((0.5, "m"), (float("nan"), 'mo"d\\el')):
+            t = verdict_batch_text("t/", sub, thr, model, "v1")
+            assert t.isascii() and "\\u" not in t
+            want = json.loads(json.dumps(verdict_batch_message("t/", sub, thr, model, "v1")))
+            assert json.loads(t) == want
+            cols = verdict_batch_columns_text(
+                "t/", [v.uid for v in sub], [v.status for v in sub],
+                np.array([v.score for v in sub]), thr, [v.anomalous for v in sub],
+                np.array([v.packets for v in sub], np.int64), model, "v1",
+                [v.detail for v in sub])
+            assert cols == t
+    with pytest.raises(zw.WireError):
+        verdict_batch_columns_text("t/", ["x"], ["ok"], [0.0], 0.5, [False], [-1], "m",
+                                   "v", [""])
