@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import re
@@ -148,6 +149,16 @@ class ServeApp:
         log.info("stopped: %d received, %d scored, %d shed, errors %s; event loop lag at "
                  "most %.1f ms", self.stats.received, self.stats.scored, self.stats.shed,
                  self.stats.errors, self.loop_lag_max * 1000)
+
+
+def freeze_startup_objects() -> None:
+    """Move everything alive after start-up (torch, numba, the model: ~260,000 tracked
+    objects) out of the garbage collector's reach. Otherwise each full collection, which
+    the JSON parsing's churn triggers every few seconds under load, walks them all: a
+    132 ms pause of the event loop that answers Zeek's pings (measured on the 2-core box;
+    0.3 ms after the freeze)."""
+    gc.collect()
+    gc.freeze()
 
 
 def parse_shards(shard: str) -> tuple[list[int], int]:
@@ -334,6 +345,7 @@ def run(args: argparse.Namespace, scorer: Scorer | None = None) -> int:
         if watch is not None:
             watch.cancel()
 
+    freeze_startup_objects()
     started = time.perf_counter()
     asyncio.run(main())
     log.info("served %.1fs", time.perf_counter() - started)

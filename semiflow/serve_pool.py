@@ -66,6 +66,8 @@ def run_pool(args: argparse.Namespace, scorer, shards: list[str],
         log.info("worker %d: shard %s", i, shards[i])
         return subprocess.Popen(worker_command(args, server.addr, shards[i], i))
 
+    from semiflow.cli_serve import freeze_startup_objects
+    freeze_startup_objects()
     procs = [spawn(i) for i in range(len(shards))]
     started = [time.monotonic()] * len(procs)
     log.info("model %s %s (K=%d L=%d) scoring for %d decode workers on %s",
