@@ -39,10 +39,24 @@ class ScorerServer:
                  ctx: zmq.Context | None = None, overlap: bool = True):
         self.scorer = scorer
         self.max_flows = max_flows
-        self.sock = (ctx or zmq.Context.instance()).socket(zmq.ROUTER)
+        ctx = ctx or zmq.Context.instance()
+        self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.bind(addr)
         self.addr = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        # The scoring thread says "done" on an inproc pair, so this thread sleeps in one
+        # poll until a batch arrives or the scores are ready (no periodic wake-ups taking
+        # the GIL from the scoring thread).
+        wake = f"inproc://semiflow-scored-{id(self):x}"
+        self._done_rx = ctx.socket(zmq.PULL)
+        self._done_rx.setsockopt(zmq.LINGER, 0)
+        self._done_rx.bind(wake)
+        self._done_tx = ctx.socket(zmq.PUSH)
+        self._done_tx.setsockopt(zmq.LINGER, 0)
+        self._done_tx.connect(wake)
+        self._poller = zmq.Poller()
+        self._poller.register(self.sock, zmq.POLLIN)
+        self._poller.register(self._done_rx, zmq.POLLIN)
         self.batches = 0
         self.flows = 0
         self.busy_s = 0.0  # seconds spent building samples and scoring
@@ -64,13 +78,21 @@ class ScorerServer:
                 pass
         if self._pool is not None:
             self._pool.shutdown(wait=False)
+        self._done_tx.close(0)
+        self._done_rx.close(0)
         self.sock.close(0)
 
     def serve_once(self, timeout: float = 0.1) -> int:
         """Wait up to timeout for work, take in everything waiting, score it (overlapped
         with taking in the next) and answer; returns flows answered."""
         if self._job is not None:
-            self.sock.poll(1)  # new batches, or the scoring thread's result, within 1 ms
+            if not self._job[0].done():  # wait for new batches or the scores
+                self._poller.poll(int(timeout * 1000))
+            while True:  # the "done" notes
+                try:
+                    self._done_rx.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
         elif not self._todo and not self.sock.poll(int(timeout * 1000)):
             return 0
         self._receive()
@@ -88,8 +110,18 @@ class ScorerServer:
                     fut.set_exception(e)
                 answered += self._answer(fut, todo)
             else:
-                self._job = (self._pool.submit(self._score, todo), todo)
+                fut = self._pool.submit(self._score, todo)
+                self._job = (fut, todo)
+                # runs on the scoring thread once fut is done (or here, if it already
+                # is); one job at a time, so _done_tx is never used by two threads at once
+                fut.add_done_callback(self._note_done)
         return answered
+
+    def _note_done(self, _fut) -> None:
+        try:
+            self._done_tx.send(b"", zmq.NOBLOCK)
+        except zmq.ZMQError:  # closing, or notes piling up: serve_once polls anyway
+            pass
 
     def _receive(self) -> None:
         while self._todo_flows < self.max_flows:

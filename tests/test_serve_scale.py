@@ -222,3 +222,26 @@ def test_verdict_batch_text_written_as_text_equals_the_message():
     with pytest.raises(zw.WireError):
         verdict_batch_columns_text("t/", ["x"], ["ok"], [0.0], 0.5, [False], [-1], "m",
                                    "v", [""])
+
+
+def test_flow_level_scoring_zeroes_unselected_slots_and_keeps_the_input():
+    """score_flow_samples zeroes only the slots past n_selected (was a full np.where pass)
+    and leaves the caller's array as it was."""
+    from semiflow.detector.scoring import load_scorer
+    from semiflow.detector.semiflow_flowartifact import score_flow_samples
+
+    model = Path(__file__).resolve().parent.parent / "semiflow" / "data" / "model"
+    det = load_scorer(model, device="cpu").flow_detector
+    k, l = det.config_.k, det.config_.length
+    seen = []
+    det.anomaly_score = lambda x: seen.append(x.copy()) or np.arange(len(x), dtype=float)
+    rng = np.random.default_rng(3)
+    nsel = np.array([0, 1, k, 3, 0, 2])
+    x = rng.integers(1, 256, (len(nsel), k, l), dtype=np.uint8)  # junk in every slot
+    before = x.copy()
+    out = score_flow_samples(det, x, nsel)
+    assert (x == before).all()
+    ok = nsel > 0
+    keep = np.arange(k)[None, :] < nsel[ok][:, None]
+    assert (seen[0] == np.where(keep[:, :, None], x[ok], 0)).all()
+    assert np.isnan(out[~ok]).all() and (out[ok] == np.arange(ok.sum())).all()
