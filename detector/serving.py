@@ -204,9 +204,11 @@ class MicroBatcher:
                  max_wait: float = 0.005, queue_size: int = 8192,
                  stats: ServingStats | None = None,
                  allow: Callable[[RequestBatch], np.ndarray] | None = None,
-                 pipeline: int = 2, score_timeout: float = 60.0):
+                 pipeline: int = 2, score_timeout: float | None = None):
         """allow(batch) -> bool[m]: flows an analyst allow-listed, answered without scoring.
         pipeline: micro-batches whose scores may be awaited at once (1 = score in line).
+        score_timeout: how long to wait for a batch's scores (None: the scorer's own limit,
+        e.g. RemoteScorer.timeout; an in-process model is waited for, as when in line).
         A scorer with submit(samples, n_selected) -> handle (.done(), .result(timeout))
         is used as is; any other scorer runs on one extra thread."""
         if max_batch < 1 or queue_size < 1 or max_wait < 0:
