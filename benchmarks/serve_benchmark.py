@@ -59,13 +59,15 @@ def serve_trivial(argv: list[str]) -> int:
     return cli_serve.run(args, scorer=TrivialScorer(FlowSampleSpec(k=spec.k, l=spec.l)))
 
 
-def cpu_seconds(pid: int) -> float:
-    """user+system CPU seconds of pid and its descendants (Linux /proc)."""
+def cpu_seconds(pid: int, children: bool = True) -> float:
+    """user+system CPU seconds of pid and (children=True) its descendants (Linux /proc)."""
     tck = os.sysconf("SC_CLK_TCK")
     total = 0.0
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         total += (int(fields[11]) + int(fields[12])) / tck
+        if not children:
+            return total
         for task in Path(f"/proc/{pid}/task").iterdir():
             for child in (task / "children").read_text().split():
                 total += cpu_seconds(int(child))
@@ -74,7 +76,7 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def _spawn_publishers(url: str, reqs: list, cfg: dict, n_pub: int):
+def _spawn_publishers(urls: list[str], reqs: list, cfg: dict, n_pub: int):
     import multiprocessing as mp
 
     from zeek_load import publisher_main
@@ -82,9 +84,12 @@ def _spawn_publishers(url: str, reqs: list, cfg: dict, n_pub: int):
     procs, pipes = [], []
     for i in range(n_pub):
         a, b = ctx.Pipe()
+        # --rate is flows/s in all: each publisher paces its share (before, each ran at
+        # the whole rate: `--rate 30000 --publishers 8` offered 240,000 flows/s).
         c = dict(cfg, flows=cfg["flows"] // n_pub + (i < cfg["flows"] % n_pub),
-                 window=max(cfg["window"] // n_pub, 1))
-        p = ctx.Process(target=publisher_main, args=(i, url, reqs, c, b), daemon=True)
+                 window=max(cfg["window"] // n_pub, 1),
+                 rate=cfg["rate"] / n_pub if cfg.get("rate") else None)
+        p = ctx.Process(target=publisher_main, args=(i, urls, reqs, c, b), daemon=True)
         p.start()
         procs.append(p)
         pipes.append(a)
@@ -100,39 +105,50 @@ async def _recv(pipe, timeout: float):
 
 
 async def run_once(label: str, cmd: list[str] | None, reqs: list, cfg: dict, n_pub: int,
-                   workers: int = 1) -> dict:
-    """One measurement: the hub (Zeek's server), the detector `cmd` (None: the hub's
-    trivial sink answers, i.e. the load generator's ceiling) and n_pub publishers."""
-    from zeek_load import make_hub
+                   workers: int = 1, n_hubs: int = 1) -> dict:
+    """One measurement: the hubs (Zeek's WebSocket server(s), each its own process), the
+    detector `cmd` (None: the hubs' trivial sink answers, i.e. the load generator's
+    ceiling) and n_pub publishers. With several hubs, shard i goes through hub i % H and
+    the detector's worker i connects to hub i % H (`--zeek URL,URL,...`)."""
+    from zeek_load import Hubs
 
-    hub = await make_hub(sink=cmd is None).start()
+    shards = workers if cmd is not None else max(n_hubs, 1)
+    hubs = Hubs(max(min(n_hubs, shards), 1), sink=cmd is None)
     proc = None
     if cmd is not None:
-        proc = subprocess.Popen(cmd + [hub.url, "--workers", str(workers)], cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        proc = subprocess.Popen(cmd + [",".join(hubs.urls), "--workers", str(workers)],
+                                cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=None if cfg.get("serve_log") else subprocess.DEVNULL,
                                 env=dict(os.environ, OMP_NUM_THREADS="1"))
     procs, pipes = [], []
     try:
         t_end = time.monotonic() + 120
-        while cmd is not None and len(hub.clients) < workers and time.monotonic() < t_end:
+        while cmd is not None and hubs.stats()["clients"] < workers and \
+                time.monotonic() < t_end:
             if proc.poll() is not None:
                 raise RuntimeError("detector exited")
             await asyncio.sleep(0.1)
-        procs, pipes = _spawn_publishers(hub.url, reqs, dict(cfg, shards=workers), n_pub)
+        procs, pipes = _spawn_publishers(hubs.urls, reqs, dict(cfg, shards=shards), n_pub)
         for p in pipes:
             assert await _recv(p, 300) == "ready"
         cpu0 = cpu_seconds(proc.pid) if proc else 0.0
+        top0 = cpu_seconds(proc.pid, children=False) if proc else 0.0
+        hub0 = hubs.stats()["cpu"]
         for p in pipes:
             p.send("go")
         res = [await _recv(p, cfg.get("timeout", 600) + 60) for p in pipes]
         cpu = (cpu_seconds(proc.pid) - cpu0) if proc else 0.0
+        top = (cpu_seconds(proc.pid, children=False) - top0) if proc else 0.0
+        hst = hubs.stats()
+        hub_cpus = [b - a for a, b in zip(hub0, hst["cpu"])]
+        hub_cpu = sum(hub_cpus)
     finally:
         if proc is not None:
             proc.terminate()
             proc.wait(60)
         for p in procs:
             p.join(10)
-        await hub.stop()
+        hubs.stop()
     n = sum(r["flows"] for r in res)
     wall = max(r["t1"] for r in res) - min(r["t0"] for r in res)
     lat = np.concatenate([np.asarray(r["lat"]) for r in res]) * 1000
@@ -146,14 +162,24 @@ async def run_once(label: str, cmd: list[str] | None, reqs: list, cfg: dict, n_p
            "flows_per_s": n / wall, "p50_ms": float(np.percentile(lat, 50)),
            "p99_ms": float(np.percentile(lat, 99)), "statuses": st,
            "detector_cpu_us_per_flow": cpu / n * 1e6, "requests_per_flow": msgs / n,
-           "verdict_msgs_per_flow": hub.verdicts / n if cmd is not None else 0.0,
-           "publisher_cpu_us_per_flow": sum(r["cpu"] for r in res) / n * 1e6}
+           "verdict_msgs_per_flow": hst["verdicts"] / n if cmd is not None else 0.0,
+           "publisher_cpu_us_per_flow": sum(r["cpu"] for r in res) / n * 1e6,
+           # where the detector's CPU goes: the serve process itself (with --workers > 1
+           # the scorer) and its decode workers; the hub stands for Zeek's server.
+           "serve_main_cpu_us_per_flow": top / n * 1e6,
+           "serve_main_cores": top / wall, "detector_cores": cpu / wall,
+           "hub_cpu_us_per_flow": hub_cpu / n * 1e6, "hubs": len(hub_cpus),
+           "busiest_hub_cores": max(hub_cpus) / wall, "hub_max_queued": hst["max_queued"]}
     who = f"{workers} worker(s)" if cmd is not None else "trivial sink"
     batch = f"batch {cfg['batch_size']}" if cfg["batch_size"] else "per-flow"
     print(f"{label:>16}, {who}, {n_pub} publisher(s), {batch}: {n} flows in {wall:.2f}s = "
           f"{n / wall:,.0f} flows/s; latency p50 {out['p50_ms']:.1f} ms, p99 "
           f"{out['p99_ms']:.1f} ms; detector CPU {out['detector_cpu_us_per_flow']:.0f} "
-          f"us/flow; publisher CPU {out['publisher_cpu_us_per_flow']:.0f} us/flow; "
+          f"us/flow (main process {out['serve_main_cpu_us_per_flow']:.0f}, "
+          f"{out['detector_cores']:.2f} cores in all, main {out['serve_main_cores']:.2f}); "
+          f"{len(hub_cpus)} hub(s) {out['hub_cpu_us_per_flow']:.0f} us/flow (busiest "
+          f"{out['busiest_hub_cores']:.2f} cores); "
+          f"publisher CPU {out['publisher_cpu_us_per_flow']:.0f} us/flow; "
           f"{out['requests_per_flow']:.3f} request msgs/flow, "
           f"{out['verdict_msgs_per_flow']:.3f} verdict msgs/flow; {st}", flush=True)
     return out
@@ -211,6 +237,13 @@ def main() -> None:
                     help="paced mode: flows/s in all (batch.zeek's policy forms the batches)")
     ap.add_argument("--max-batch", type=int, default=512)
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
+    ap.add_argument("--hubs", type=int, default=1,
+                    help="hub processes standing for Zeek's WebSocket server(s): shard i "
+                         "through hub i %% H, the detector's worker i connected to hub "
+                         "i %% H (1)")
+    ap.add_argument("--no-ceiling", action="store_true",
+                    help="skip the load generator's own ceiling run")
+    ap.add_argument("--serve-log", action="store_true", help="show the detector's log")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--serve-trivial", action="store_true", help=argparse.SUPPRESS)
     if sys.argv[1:2] == ["--serve-trivial"]:
@@ -242,13 +275,15 @@ def main() -> None:
     results = []
     for bs in map(int, a.batch_sizes.split(",")):
         cfg = {"flows": a.flows, "window": a.window, "batch_size": bs,
-               "batch_wait": a.batch_wait_ms / 1000.0, "rate": a.rate}
-        results.append(asyncio.run(run_once("load generator", None, reqs, cfg,
-                                            a.publishers)))
+               "batch_wait": a.batch_wait_ms / 1000.0, "rate": a.rate,
+               "serve_log": a.serve_log}
+        if not a.no_ceiling:
+            results.append(asyncio.run(run_once("load generator", None, reqs, cfg,
+                                                a.publishers, n_hubs=a.hubs)))
         for w in map(int, a.workers.split(",")):
             for sc in a.scorers.split(","):
                 results.append(asyncio.run(run_once(want[sc], cmds[want[sc]], reqs, cfg,
-                                                    a.publishers, w)))
+                                                    a.publishers, w, a.hubs)))
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1))
 

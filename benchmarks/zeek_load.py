@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import re
 import sys
@@ -25,34 +26,83 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-_TOPIC = re.compile(r'"topic"\s*:\s*"([^"\\]*)"')
+_TOPIC_B = re.compile(rb'"topic"\s*:\s*"([^"\\]*)"')
 
 
 def make_hub(sink: bool = False):
+    import websockets
     from zeek_double import ZeekDouble
 
     from semiflow.plugin import zeek_wire as zw
     from semiflow.plugin.zeek_batch import batch_head, verdict_batch_text
     from semiflow.plugin.zeek_decode import head_of, verdict_text
 
+    req_prefix = zw.DEFAULT_REQUEST_TOPIC.encode()
+
     class Hub(ZeekDouble):
+        """Relays raw bytes (no UTF-8 decode and re-encode: Zeek relays in C++) and never
+        lets a slow reader stall the others: every client has its own outgoing queue and
+        writer task, as Zeek queues per WebSocket client. So the hub keeps reading every
+        connection (and the pongs behind the data) whatever one client's speed."""
+
         def __init__(self):
             super().__init__(subscriptions=())
             self.sink = sink
             self.requests = 0  # data-messages on request topics
             self.verdicts = 0  # data-messages on other topics
+            self.max_queued = 0  # deepest outgoing queue seen (messages)
+            self._out: dict = {}
 
-        async def _client_message(self, ws, text) -> None:
-            m = _TOPIC.search(text, 0, 1024)
+        async def _handler(self, ws) -> None:
+            try:
+                subs = json.loads(await ws.recv())
+                await ws.send(json.dumps({"type": "ack", "endpoint": f"hub-{id(ws):x}",
+                                          "version": self.version}))
+                q: collections.deque = collections.deque()
+                wake = asyncio.Event()
+                self._out[ws] = (q, wake)
+                writer = asyncio.create_task(self._writer(ws, q, wake))
+                self.clients[ws] = [p.encode() for p in subs]
+                try:
+                    while True:
+                        self._relay(ws, await ws.recv(decode=False))
+                finally:
+                    writer.cancel()
+            except websockets.ConnectionClosed:
+                pass
+            finally:
+                self.clients.pop(ws, None)
+                self._out.pop(ws, None)
+
+        async def _writer(self, ws, q, wake) -> None:
+            while True:
+                if not q:
+                    wake.clear()
+                    await wake.wait()
+                    continue
+                self.max_queued = max(self.max_queued, len(q))
+                await ws.send(q.popleft(), text=True)
+
+        def _fanout_raw(self, topic: bytes, raw: bytes, exclude=None) -> None:
+            for c, subs in list(self.clients.items()):
+                if c is not exclude and any(topic.startswith(p) for p in subs):
+                    out = self._out.get(c)
+                    if out is not None:
+                        out[0].append(raw)
+                        out[1].set()
+
+        def _relay(self, ws, raw: bytes) -> None:
+            m = _TOPIC_B.search(raw, 0, 1024)
             if m is None:
                 return
             topic = m.group(1)
-            is_req = topic.startswith(zw.DEFAULT_REQUEST_TOPIC)
+            is_req = topic.startswith(req_prefix)
             if is_req:
                 self.requests += 1
             else:
                 self.verdicts += 1
             if self.sink and is_req:
+                text = raw.decode("utf-8", "replace")
                 head = batch_head(text)
                 if head is not None:
                     reply = head[0]
@@ -64,11 +114,66 @@ def make_hub(sink: bool = False):
                         return
                     reply = one[1]
                     answer = verdict_text(reply, zw.Verdict(one[0], "ok"))
-                await self._fanout(reply, answer)
+                self._fanout_raw(reply.encode(), answer.encode())
                 return
-            await self._fanout(topic, text, exclude=ws)
+            self._fanout_raw(topic, raw, exclude=ws)
 
     return Hub()
+
+
+def hub_main(sink: bool, conn) -> None:
+    """One hub in its own process (serve_benchmark --hubs): its URL, then it answers
+    'stats' (requests, verdicts, clients, CPU seconds, deepest queue) until 'stop'."""
+    async def main():
+        hub = await make_hub(sink).start()
+        conn.send(hub.url)
+        loop = asyncio.get_running_loop()
+        while True:
+            cmd = await loop.run_in_executor(None, conn.recv)
+            if cmd == "stop":
+                await hub.stop()
+                conn.send("stopped")
+                return
+            conn.send({"requests": hub.requests, "verdicts": hub.verdicts,
+                       "clients": len(hub.clients), "cpu": time.process_time(),
+                       "max_queued": hub.max_queued})
+    asyncio.run(main())
+
+
+class Hubs:
+    """H hub processes; shard s of the requests goes through hub s % H (serve_benchmark
+    gives the detector's worker i the URL of hub i % H, and worker i serves shard i)."""
+
+    def __init__(self, n: int, sink: bool):
+        import multiprocessing as mp
+        ctx = mp.get_context("spawn")
+        self.procs, self.pipes = [], []
+        for _ in range(n):
+            a, b = ctx.Pipe()
+            p = ctx.Process(target=hub_main, args=(sink, b), daemon=True)
+            p.start()
+            self.procs.append(p)
+            self.pipes.append(a)
+        self.urls = [a.recv() for a in self.pipes]
+
+    def stats(self) -> dict:
+        out = {"requests": 0, "verdicts": 0, "clients": 0, "cpu": [], "max_queued": 0}
+        for a in self.pipes:
+            a.send("stats")
+            s = a.recv()
+            for k in ("requests", "verdicts", "clients"):
+                out[k] += s[k]
+            out["cpu"].append(s["cpu"])
+            out["max_queued"] = max(out["max_queued"], s["max_queued"])
+        return out
+
+    def stop(self) -> None:
+        for a in self.pipes:
+            a.send("stop")
+        for a, p in zip(self.pipes, self.procs):
+            if a.poll(10):
+                a.recv()
+            p.join(10)
 
 
 def templates(reqs: list, reply: str) -> list[list]:
@@ -123,12 +228,15 @@ def check_encoder(reqs: list) -> None:
         raise AssertionError("zeek_load.flow_batch_message differs from event_message")
 
 
-def publisher_main(idx: int, url: str, reqs: list, cfg: dict, conn) -> None:
-    """One Zeek worker in its own process; results go back through `conn`."""
-    conn.send(asyncio.run(_publish(idx, url, reqs, cfg, conn)))
+def publisher_main(idx: int, urls: list[str], reqs: list, cfg: dict, conn) -> None:
+    """One Zeek worker in its own process; results go back through `conn`. It connects
+    to every hub of `urls` and publishes shard s through hub s % len(urls)."""
+    conn.send(asyncio.run(_publish(idx, urls, reqs, cfg, conn)))
 
 
-async def _publish(idx: int, url: str, reqs: list, cfg: dict, conn) -> dict:
+async def _publish(idx: int, urls: list[str], reqs: list, cfg: dict, conn) -> dict:
+    import contextlib
+
     import orjson
     import websockets
 
@@ -174,19 +282,24 @@ async def _publish(idx: int, url: str, reqs: list, cfg: dict, conn) -> dict:
             if got >= n:
                 done.set()
 
-    async with websockets.connect(url + "/v1/messages/json", max_size=None,
-                                  ping_interval=None,
-                                  additional_headers={"X-Application-Name":
-                                                      f"zeek-worker-{idx}"}) as ws:
-        await ws.send(json.dumps([reply]))
-        assert json.loads(await ws.recv())["type"] == "ack"
-        rx = asyncio.create_task(receive(ws))
+    async with contextlib.AsyncExitStack() as stack:
+        conns = []
+        for url in urls:
+            c = await stack.enter_async_context(websockets.connect(
+                url + "/v1/messages/json", max_size=None, ping_interval=None,
+                additional_headers={"X-Application-Name": f"zeek-worker-{idx}"}))
+            await c.send(json.dumps([reply]))
+            assert json.loads(await c.recv())["type"] == "ack"
+            conns.append(c)
+        rxs = [asyncio.create_task(receive(c)) for c in conns]
         shard = 0
 
-        def topic() -> str:
+        def topic() -> tuple[str, object]:
+            """The next shard's topic, and the hub connection that carries it."""
             nonlocal shard
             shard += 1
-            return f"{zw.DEFAULT_REQUEST_TOPIC}{(shard - 1) % shards}/"
+            s = (shard - 1) % shards
+            return f"{zw.DEFAULT_REQUEST_TOPIC}{s}/", conns[s % len(conns)]
 
         if rate is None:
             # Saturation: pre-encoded messages (batches full, as under load), bounded
@@ -195,12 +308,13 @@ async def _publish(idx: int, url: str, reqs: list, cfg: dict, conn) -> dict:
             msgs = []
             for i in range(0, n, per):
                 fl = [flow(j) for j in range(i, min(i + per, n))]
-                msgs.append(([f[0] for f in fl], _encode(fl, topic(), bs > 0)))
+                t, ws = topic()
+                msgs.append(([f[0] for f in fl], ws, _encode(fl, t, bs > 0)))
             conn.send("ready")
             await loop.run_in_executor(None, conn.recv)
             t0 = time.monotonic()
             cpu0 = time.process_time()
-            for uids, text in msgs:
+            for uids, ws, text in msgs:
                 while len(sent) + len(uids) > window and len(sent) > 0:
                     room.clear()
                     await room.wait()
@@ -222,11 +336,13 @@ async def _publish(idx: int, url: str, reqs: list, cfg: dict, conn) -> dict:
             async def publish(fl):
                 nonlocal msgs_out
                 if bs > 0:
-                    await ws.send(_encode(fl, topic(), True))
+                    t, ws = topic()
+                    await ws.send(_encode(fl, t, True))
                     msgs_out += 1
                 else:
                     for f in fl:
-                        await ws.send(_encode([f], topic(), False))
+                        t, ws = topic()
+                        await ws.send(_encode([f], t, False))
                         msgs_out += 1
 
             async def timer(deadline: float):
@@ -251,6 +367,7 @@ async def _publish(idx: int, url: str, reqs: list, cfg: dict, conn) -> dict:
         await asyncio.wait_for(done.wait(), cfg.get("timeout", 600))
         t1 = time.monotonic()
         cpu = time.process_time() - cpu0
-        rx.cancel()
+        for rx in rxs:
+            rx.cancel()
     return {"idx": idx, "t0": t0, "t1": t1, "lat": lat, "statuses": statuses,
             "messages": msgs_out, "cpu": cpu, "flows": n}

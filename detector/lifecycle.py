@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .drift import DriftMonitor, DriftReference, DriftReport
+from .serving import ModelInfo
 
 log = logging.getLogger("semiflow.lifecycle")
 
@@ -123,9 +124,16 @@ class ModelSlot:
             warm(self.shadow)
 
     def score_flows(self, samples: np.ndarray, n_selected: np.ndarray) -> np.ndarray:
+        return self.score_flows_with_model(samples, n_selected)[0]
+
+    def score_flows_with_model(self, samples: np.ndarray, n_selected: np.ndarray
+                               ) -> tuple[np.ndarray, ModelInfo]:
+        """The scores and the model that made them (a swap may follow before the caller
+        reads the slot's attributes: the serving loop takes these)."""
         self._swap_if_pending()
         cur = self._current
         scores = cur.score_flows(samples, n_selected)
+        who = ModelInfo.of(cur)
         shadow = self.shadow
         if shadow is not None:
             try:
@@ -139,7 +147,7 @@ class ModelSlot:
         if self.drift is not None:
             for rep in self.drift.update(self.clock(), samples, n_selected, scores):
                 self._report(rep)
-        return scores
+        return scores, who
 
     # ---- swapping -----------------------------------------------------------------------
     def attach_source(self, source: str) -> None:

@@ -88,12 +88,14 @@ def score_flow_samples(det: FlowSemiFlowDetector, samples: np.ndarray,
     ok = np.asarray(n_selected) > 0
     if not ok.any():
         return out
-    x = samples[ok, :, : cfg.length]
+    x = samples[ok, :, : cfg.length]  # a copy (boolean index): the caller's array is kept
     if k < cfg.k:
         x = np.concatenate([x, np.zeros((len(x), cfg.k - k, x.shape[2]), np.uint8)], 1)
-    # slots past n_selected are zero in a well-formed sample; make sure of it
-    keep = np.arange(cfg.k)[None, :] < np.asarray(n_selected)[ok][:, None]
-    x = np.where(keep[:, :, None], x, 0).astype(np.uint8)
+    # slots past n_selected are zero in a well-formed sample; make sure of it (zeroing only
+    # those slots: the live scorer calls this ~50,000 flows/s)
+    drop = np.arange(cfg.k)[None, :] >= np.asarray(n_selected)[ok][:, None]
+    if drop.any():
+        x[drop] = 0
     with torch.inference_mode():
         out[ok] = det.anomaly_score(x)
     return out

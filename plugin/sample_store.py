@@ -8,8 +8,11 @@ reads it like any capture's extraction. Flows the served model flagged are label
 what the detector flagged never becomes "normal" by retraining. Analysts' verdicts come on
 top (`semiflow train --exclude-uids`).
 
-    DIR/shard-<UTC start>-<n>/   closed shards (extract.json written last, then renamed)
-    DIR/.open-<...>/             the shard being written (never read)
+    DIR/shard-<UTC start>-<pid>-<n>/   closed shards (extract.json written last, renamed)
+    DIR/.open-<...>/                   a shard being written (never read)
+
+Several decode workers (`serve --workers N`) may share DIR: shard names carry the pid, and
+each bounds the whole directory.
 
 Bounded on disk: when the closed shards pass `max_bytes`, the oldest are deleted. A batch
 that finds the writer's queue full is dropped and counted, never blocking the scorer.
@@ -65,6 +68,24 @@ def pack_rows(data: np.ndarray, n_selected: np.ndarray) -> tuple[np.ndarray, np.
     return packed, offsets, extent
 
 
+def _port(p) -> int:
+    """Zeek's "80/tcp" (or a number) -> 80; -1 when unknown."""
+    try:
+        return int(str(p).partition("/")[0])
+    except ValueError:
+        return -1
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+
+
 def dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
 
@@ -77,8 +98,9 @@ class SensorSampleStore:
                  shard_seconds: float = 3600.0, queue_batches: int = 256):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        for stale in self.root.glob(".open-*"):  # a shard a killed serve left half written
-            shutil.rmtree(stale, ignore_errors=True)
+        for stale in self.root.glob(".open-*"):  # left half written by a killed serve
+            if not _alive(stale.name.split("-")[2]):
+                shutil.rmtree(stale, ignore_errors=True)
         self.spec, self.max_bytes = spec, max_bytes
         self.shard_flows, self.shard_seconds = shard_flows, shard_seconds
         self.written = self.dropped = self.deleted_shards = 0
@@ -131,17 +153,18 @@ class SensorSampleStore:
         if self._writer is None:
             self._seq += 1
             stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
-            self._open = self.root / f".open-{stamp}-{self._seq}"
+            self._open = self.root / f".open-{stamp}-{os.getpid()}-{self._seq}"
             self._writer = FlowStoreWriter(self._open, self.spec)
             self._opened = now
         packed, offsets, extent = pack_rows(data, n_sel)
         flagged = np.isfinite(scores) & (scores > threshold)
-        none = (None, -1, None, -1)
+        none = (None, "", None, "")
         conn = [i if i is not None else none for i in ids]
         table = pd.DataFrame({
             "uid": uids, "ts": ts[:, 0].astype(np.float64),
-            "orig_h": [c[0] for c in conn], "orig_p": [int(c[1]) for c in conn],
-            "resp_h": [c[2] for c in conn], "resp_p": [int(c[3]) for c in conn],
+            "orig_h": [c[0] for c in conn], "orig_p": [_port(c[1]) for c in conn],
+            "resp_h": [c[2] for c in conn], "resp_p": [_port(c[3]) for c in conn],
+            "proto": [str(c[3]).partition("/")[2] for c in conn],
             "n_selected": n_sel.astype(np.int16),
             "status": [STATUS_CODES[int(s)] for s in status],
             "source_file": f"sensor:{self._open.name[len('.open-'):]}",

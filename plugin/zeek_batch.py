@@ -272,6 +272,73 @@ def verdict_batch_text(topic: str, verdicts: list[zw.Verdict], threshold: float,
                        model_version: str) -> str:
     """verdict_batch_message as compact JSON (printable ASCII only: nothing to escape as
     \\u). orjson writes every real with a '.' or an exponent, as Broker requires."""
-    return orjson.dumps(verdict_batch_message(topic, verdicts, threshold, model,
-                                              model_version)).decode("ascii")
+    for v in verdicts:
+        if v.packets < 0:
+            raise zw.WireError("type", f"count must be >= 0, got {v.packets}")
+    return verdict_batch_columns_text(
+        topic, [v.uid for v in verdicts], [v.status for v in verdicts],
+        [v.score for v in verdicts], threshold, [v.anomalous for v in verdicts],
+        [v.packets for v in verdicts], model, model_version, [v.detail for v in verdicts])
+
+
+def _str_json(s: str) -> str:
+    a = zw.ascii_text(s)
+    return orjson.dumps(a).decode("ascii") if '"' in a or "\\" in a else '"' + a + '"'
+
+
+def _vec_json(tag: str, items: list[str]) -> str:
+    """A JSON v1 vector whose elements (already JSON text) all carry `tag`."""
+    if not items:
+        return '{"@data-type":"vector","data":[]}'
+    pre = '{"@data-type":"' + tag + '","data":'
+    return '{"@data-type":"vector","data":[' + pre + ("}," + pre).join(items) + "}]}"
+
+
+def _strings_json(col: list[str]) -> str:
+    """A JSON v1 vector of strings; a column of printable ASCII without quotes or
+    backslashes (uids, statuses, empty details: the usual case) is written in one join."""
+    if not col:
+        return '{"@data-type":"vector","data":[]}'
+    joined = "".join(col)
+    if joined.isascii() and joined.isprintable() and '"' not in joined \
+            and "\\" not in joined:
+        pre = '{"@data-type":"string","data":"'
+        return '{"@data-type":"vector","data":[' + pre + ('"},' + pre).join(col) + '"}]}'
+    return _vec_json("string", [_str_json(x) for x in col])
+
+
+def _scalars_json(values) -> list[str]:
+    """orjson's text of each number or boolean (no element of such a list holds a comma)."""
+    if not len(values):
+        return []
+    return orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY).decode("ascii")[1:-1] \
+        .split(",")
+
+
+def verdict_batch_columns_text(topic: str, uids: list[str], statuses: list[str], scores,
+                               threshold: float, anomalous, packets, model: str,
+                               model_version: str, details: list[str]) -> str:
+    """The verdict_batch text from per-flow columns: the same JSON as verdict_batch_text
+    (test_serve_scale holds them equal), written as text around orjson's numbers instead
+    of one dict per value (the detector answers ~50,000 flows/s with this)."""
+    sc = np.asarray(scores, np.float64)
+    sc = np.where(np.isfinite(sc), sc, 0.0)
+    pk = np.asarray(packets, np.int64)
+    if len(pk) and pk.min() < 0:
+        raise zw.WireError("type", f"count must be >= 0, got {int(pk.min())}")
+    args = ",".join([
+        _strings_json(uids),
+        _strings_json(statuses),
+        _vec_json("real", _scalars_json(sc)),
+        '{"@data-type":"real","data":' + orjson.dumps(_real(threshold)).decode() + "}",
+        _vec_json("boolean", _scalars_json([bool(x) for x in anomalous])),
+        _vec_json("count", _scalars_json(pk)),
+        '{"@data-type":"string","data":' + _str_json(model) + "}",
+        '{"@data-type":"string","data":' + _str_json(model_version) + "}",
+        _strings_json(details)])
+    return ('{"type":"data-message","topic":' + _str_json(topic) +
+            ',"@data-type":"vector","data":[{"@data-type":"count","data":1},'
+            '{"@data-type":"count","data":1},{"@data-type":"vector","data":['
+            '{"@data-type":"string","data":' + _str_json(zw.VERDICT_BATCH) + "},"
+            '{"@data-type":"vector","data":[' + args + "]}]}]}")
 

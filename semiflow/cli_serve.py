@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -26,7 +27,12 @@ from semiflow.detector.serving import (
     ServingStats,
 )
 from semiflow.plugin import zeek_wire as zw
-from semiflow.plugin.zeek_batch import BatchReply, batch_head, is_batch, verdict_batch_text
+from semiflow.plugin.zeek_batch import (
+    BatchReply,
+    batch_head,
+    is_batch,
+    verdict_batch_columns_text,
+)
 from semiflow.plugin.zeek_decode import decode_flow_requests, head_of, verdict_text
 from semiflow.serve_lifecycle import add_arguments as add_lifecycle_arguments
 
@@ -38,6 +44,15 @@ def decode_requests(raws: list) -> RequestBatch:
     return decode_flow_requests(raws)
 
 
+def model_of(results: list[FlowResult], scorer):
+    """The model that scored these results (one micro-batch's), else the scorer's current
+    one: after a hot swap the two differ until the batch's verdicts are out."""
+    for r in results:
+        if r.model is not None:
+            return r.model
+    return scorer
+
+
 BATCH_FLOWS_MAX = 64  # zeek_scripts/main.zeek SemiFlow::batch_size's default
 
 
@@ -47,7 +62,7 @@ class ServeApp:
     def __init__(self, scorer: Scorer, url: str, topics: list[str], max_batch: int = 256,
                  max_wait: float = 0.005, queue_size: int = 8192, ssl_context=None,
                  metrics_port: int | None = None, app_name: str = "semiflow",
-                 allow=None, extra_metrics=None):
+                 allow=None, extra_metrics=None, observe=None):
         from semiflow.plugin.zeek_ws import ZeekClient, max_message_size
 
         self.scorer = scorer
@@ -60,7 +75,9 @@ class ServeApp:
                                  max_size=max_message_size(scorer.spec.k, BATCH_FLOWS_MAX))
         self.batcher = MicroBatcher(scorer, decode_requests, self._on_results,
                                     max_batch=max_batch, max_wait=max_wait,
-                                    queue_size=queue_size, stats=self.stats, allow=allow)
+                                    queue_size=queue_size, stats=self.stats, allow=allow,
+                                    observe=observe)
+        self.loop_lag_max = 0.0  # seconds: the event loop's worst delay, see _watch_loop
         self.metrics = None
         if metrics_port is not None:
             from semiflow.plugin.metrics import MetricsServer, render
@@ -71,29 +88,34 @@ class ServeApp:
                  "semiflow_verdicts_dropped_total": float(self.client.dropped),
                  "semiflow_zeek_binary_frames_ignored_total":
                      float(self.client.binary_ignored),
+                 "semiflow_event_loop_lag_max_seconds": self.loop_lag_max,
                  **(extra_metrics() if extra_metrics else {})}))
 
     def _verdict(self, r: FlowResult) -> zw.Verdict:
-        return zw.Verdict(r.key, r.status, r.score, self.scorer.threshold, r.anomalous,
-                          r.packets, self.scorer.model_name, self.scorer.model_version,
-                          r.detail)
+        m = model_of([r], self.scorer)
+        return zw.Verdict(r.key, r.status, r.score, m.threshold, r.anomalous,
+                          r.packets, m.model_name, m.model_version, r.detail)
 
     def _texts(self, results: list[FlowResult]) -> list[str]:
         """Verdict messages: one verdict per flow_request, one verdict_batch per reply
         topic for the flows that came in flow_batch events."""
         texts = []
-        batched: dict[str, list[zw.Verdict]] = {}
+        batched: dict[str, list[FlowResult]] = {}
         for r in results:
             if isinstance(r.reply, BatchReply):
-                batched.setdefault(r.reply.topic, []).append(self._verdict(r))
+                batched.setdefault(r.reply.topic, []).append(r)
             elif r.reply:
                 texts.append(verdict_text(r.reply, self._verdict(r)))
                 self.last_topic = r.reply.topic if hasattr(r.reply, "topic") else r.reply
         sc = self.scorer
         if batched:
             self.last_topic = next(reversed(batched))
-        texts += [verdict_batch_text(t, vs, sc.threshold, sc.model_name, sc.model_version)
-                  for t, vs in batched.items()]
+        for t, rs in batched.items():  # columns straight from the results: no per-flow objects
+            m = model_of(rs, sc)
+            texts.append(verdict_batch_columns_text(
+                t, [r.key for r in rs], [r.status for r in rs], [r.score for r in rs],
+                m.threshold, [r.anomalous for r in rs], [r.packets for r in rs],
+                m.model_name, m.model_version, [r.detail for r in rs]))
         return texts
 
     def _on_message(self, raw: str) -> None:
@@ -133,12 +155,23 @@ class ServeApp:
         for t in texts:
             self.client.publish(t)
 
+    async def _watch_loop(self, period: float = 0.05) -> None:
+        """The loop's lag (a sleep's overshoot): Zeek drops a client that does not answer
+        its pings (ping_interval 5 s), and the pings are answered on this loop."""
+        loop = asyncio.get_running_loop()
+        while True:
+            t = loop.time()
+            await asyncio.sleep(period)
+            self.loop_lag_max = max(self.loop_lag_max, loop.time() - t - period)
+
     async def run(self, stop: asyncio.Event, drain_timeout: float = 20.0) -> None:
         self.loop = asyncio.get_running_loop()
         task = asyncio.create_task(self.client.run())
+        watch = asyncio.create_task(self._watch_loop())
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
+        watch.cancel()
         if task.done() and not task.cancelled() and task.exception() is not None:
             # the client gave up (a TLS certificate problem): stop, saying why
             self.batcher.close(1.0)
@@ -157,8 +190,19 @@ class ServeApp:
             task.cancel()
         if self.metrics is not None:
             self.metrics.close()
-        log.info("stopped: %d received, %d scored, %d shed, errors %s", self.stats.received,
-                 self.stats.scored, self.stats.shed, self.stats.errors)
+        log.info("stopped: %d received, %d scored, %d shed, errors %s; event loop lag at "
+                 "most %.1f ms", self.stats.received, self.stats.scored, self.stats.shed,
+                 self.stats.errors, self.loop_lag_max * 1000)
+
+
+def freeze_startup_objects() -> None:
+    """Move everything alive after start-up (torch, numba, the model: ~260,000 tracked
+    objects) out of the garbage collector's reach. Otherwise each full collection, which
+    the JSON parsing's churn triggers every few seconds under load, walks them all: a
+    132 ms pause of the event loop that answers Zeek's pings (measured on the 2-core box;
+    0.3 ms after the freeze)."""
+    gc.collect()
+    gc.freeze()
 
 
 def parse_shards(shard: str) -> tuple[list[int], int]:
@@ -219,7 +263,10 @@ def register(sub) -> None:
                        description="Connect to Zeek's WebSocket API, score every flow the "
                                    "semiflow Zeek package publishes, send verdicts back.")
     p.add_argument("--zeek", default="ws://127.0.0.1:27759",
-                   help="Zeek WebSocket endpoint, ws[s]://HOST:PORT (default %(default)s)")
+                   help="Zeek WebSocket endpoint, ws[s]://HOST:PORT (default %(default)s); "
+                        "with --workers W, several comma-separated endpoints (Zeek nodes "
+                        "listening on the same cluster backend) spread the workers' "
+                        "connections: worker i connects to endpoint i %% n")
     p.add_argument("--model", help="model artifact directory (or --models STORE)")
     p.add_argument("--topic-prefix", default=zw.DEFAULT_REQUEST_TOPIC,
                    help="request topic prefix (SemiFlow::request_topic; default %(default)s)")
@@ -246,6 +293,11 @@ def register(sub) -> None:
                    help="analysts' allow-list (semiflow feedback); re-read when it changes. "
                         "Zeek applies the same file at the sensor; this covers the gap")
     add_lifecycle_arguments(p)
+    p.add_argument("--sample-store", metavar="DIR",
+                   help="keep the scored flows as rolling extraction shards in DIR, the "
+                        "input of the next `semiflow train` (flagged flows labelled anomalous)")
+    p.add_argument("--sample-store-gb", type=float, default=1.0,
+                   help="bound on DIR's size; the oldest shards go first (1)")
     p.add_argument("--scorer-addr", help=argparse.SUPPRESS)  # decode-worker mode
     p.set_defaults(func=run)
 
@@ -298,6 +350,11 @@ def run(args: argparse.Namespace, scorer: Scorer | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The event loop (the Zeek socket: pings, reads) shares the GIL with the batcher and
+    # scoring threads; a CPU-bound thread keeps the GIL for the switch interval (5 ms by
+    # default) each time the loop waits on a syscall. 1 ms keeps the loop's reads and
+    # pongs prompt under load.
+    sys.setswitchinterval(0.001)
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
@@ -305,6 +362,11 @@ def run(args: argparse.Namespace, scorer: Scorer | None = None) -> int:
         raise UsageError("give the model as --model DIR or --models STORE (one of them)")
     shards = worker_shards(args.shard, args.workers)
     lifecycle = None
+    from semiflow.serve_pool import zeek_urls
+    urls = zeek_urls(args.zeek)
+    if len(urls) > max(args.workers, 1) or (len(urls) > 1 and args.scorer_addr):
+        raise ValueError(f"--zeek names {len(urls)} endpoints: each decode worker connects "
+                         f"to one, so --workers must be at least {len(urls)}")
     if args.workers > 1 and not args.scorer_addr:
         from semiflow.serve_pool import run_pool
         if scorer is None:
@@ -325,11 +387,24 @@ def run(args: argparse.Namespace, scorer: Scorer | None = None) -> int:
         from semiflow.serve_lifecycle import Lifecycle
         lifecycle = Lifecycle(args, lambda path: load_scorer(path, device=args.device))
         scorer = lifecycle.slot
+    samples = None
+    if args.sample_store:
+        from semiflow.plugin.sample_store import SensorSampleStore
+        samples = SensorSampleStore(args.sample_store, scorer.spec,
+                                    max_bytes=int(args.sample_store_gb * (1 << 30)))
+
+    def extra_metrics() -> dict[str, float]:
+        m = lifecycle.metrics() if lifecycle else {}
+        if samples is not None:
+            m |= {"semiflow_sample_store_flows_total": float(samples.written),
+                  "semiflow_sample_store_dropped_total": float(samples.dropped)}
+        return m
     app = ServeApp(scorer, args.zeek, topics, max_batch=args.max_batch,
                    max_wait=args.max_wait_ms / 1000.0, queue_size=args.queue,
                    ssl_context=ssl_context, metrics_port=args.metrics_port,
                    app_name=args.app_name, allow=_allow_hook(args.allowlist),
-                   extra_metrics=lifecycle.metrics if lifecycle else None)
+                   extra_metrics=extra_metrics,
+                   observe=samples.observe if samples is not None else None)
     if lifecycle is not None:
         lifecycle.publish_drift = app.publish_event
     log.info("model %s %s (K=%d L=%d, threshold %.4g); topics %s", scorer.model_name,
@@ -346,12 +421,17 @@ def run(args: argparse.Namespace, scorer: Scorer | None = None) -> int:
             loop.add_signal_handler(signal.SIGHUP, lifecycle.wake)
             lifecycle.start()
         watch = asyncio.create_task(_watch_parent(stop)) if args.scorer_addr else None
-        await app.run(stop)
-        if lifecycle is not None:
-            lifecycle.close()
+        try:
+            await app.run(stop)
+        finally:
+            if lifecycle is not None:
+                lifecycle.close()
+            if samples is not None:
+                samples.close()  # what the batcher handed over, written and closed
         if watch is not None:
             watch.cancel()
 
+    freeze_startup_objects()
     started = time.perf_counter()
     asyncio.run(main())
     log.info("served %.1fs", time.perf_counter() - started)

@@ -22,13 +22,22 @@ from semiflow.detector.serving_zmq import ScorerServer
 
 log = logging.getLogger("semiflow.serve")
 
-_FORWARD = ("zeek", "model", "topic_prefix", "max_batch", "max_wait_ms", "queue", "tls_ca",
-            "tls_cert", "tls_key", "threads", "allowlist")
+
+def zeek_urls(zeek: str) -> list[str]:
+    """`--zeek URL[,URL...]` -> the URLs (worker i connects to URL i % n)."""
+    urls = [u.strip() for u in zeek.split(",") if u.strip()]
+    if not urls:
+        raise ValueError("--zeek needs at least one ws[s]://HOST:PORT")
+    return urls
+
+_FORWARD = ("model", "topic_prefix", "max_batch", "max_wait_ms", "queue", "tls_ca",
+            "tls_cert", "tls_key", "threads", "allowlist", "sample_store", "sample_store_gb")
 
 
 def worker_command(args: argparse.Namespace, addr: str, shard: str, i: int) -> list[str]:
+    urls = zeek_urls(args.zeek)
     cmd = [sys.executable, "-m", "semiflow", "serve", "--scorer-addr", addr, "--shard", shard,
-           "--app-name", f"{args.app_name}-w{i}"]
+           "--app-name", f"{args.app_name}-w{i}", "--zeek", urls[i % len(urls)]]
     for name in _FORWARD:
         v = getattr(args, name, None)
         if v is not None:
@@ -71,6 +80,8 @@ def run_pool(args: argparse.Namespace, scorer, shards: list[str],
         return subprocess.Popen(worker_command(args, server.addr, shards[i], i))
 
     failed = False
+    from semiflow.cli_serve import freeze_startup_objects
+    freeze_startup_objects()
     procs = [spawn(i) for i in range(len(shards))]
     started = [time.monotonic()] * len(procs)
     log.info("model %s %s (K=%d L=%d) scoring for %d decode workers on %s",
@@ -110,5 +121,6 @@ def run_pool(args: argparse.Namespace, scorer, shards: list[str],
             lifecycle.close()
         server.close()
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info("stopped: scored %d flows in %d merged batches", server.flows, server.batches)
+    log.info("stopped: scored %d flows in %d merged batches (%.1fs building and scoring)",
+             server.flows, server.batches, server.busy_s)
     return 2 if failed else 0

@@ -15,10 +15,12 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from semiflow.model_store import ModelStore
 from semiflow.plugin import zeek_wire as zw
+from semiflow.plugin.flowstore import FlowStore
 from semiflow.plugin.zeek_selection import ZeekSideConfig, capture_to_events
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -60,7 +62,8 @@ def test_promote_under_load_swaps_between_batches(batches, tmp_path, workers):
                "--models", str(store.root), "--shadow", v2, "--follow-s", "60",
                "--drift-window", "1", "--drift-min-flows", "50", "--lifecycle-dir", str(logs),
                "--threads", "1", "--device", "cpu", "--max-batch", "64",
-               "--metrics-port", str(mport), "--workers", str(workers)]
+               "--metrics-port", str(mport), "--workers", str(workers),
+               "--sample-store", str(tmp_path / "samples")]
         proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
@@ -110,6 +113,14 @@ def test_promote_under_load_swaps_between_batches(batches, tmp_path, workers):
         assert v.threshold == pytest.approx(thresholds[v.model_version])
         assert v.anomalous == (v.score > v.threshold)
     assert "refused" in out and v3 in out
+    # the sensor's sample store: every scored flow once, labelled by its own model's verdict
+    kept = pd.concat([FlowStore.open(p).flows for p in (tmp_path / "samples").glob("shard-*")],
+                     ignore_index=True)
+    assert sorted(kept["uid"]) == sorted(v.uid for v in verdicts)
+    by_uid = {v.uid: v for v in verdicts}
+    for r in kept.itertuples():
+        assert r.model_version == by_uid[r.uid].model_version
+        assert (r.label == "anomalous") == by_uid[r.uid].anomalous
     if workers > 1:  # drift goes to its log only: the pool process holds no Zeek connection
         assert (logs / "semiflow_shadow.log").exists()
         return
