@@ -21,13 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .semiflow_flownet import service_keys
-
 REFERENCE_FILE = "reference.json"
 EPS = 1e-4
 SIZE_BINS = 17           # floor(log2(ip_len + 1)) for ip_len < 65536
 TOP_SERVICES = 8
 PAYLOAD_OFFSET = 120     # layout ip60-transport60-payload (docs/flow-sample-spec.md)
+PAYLOAD_FLOWS = 128      # payload bytes are counted on about this many flows per batch
 
 
 def psi(ref: np.ndarray, live: np.ndarray) -> float:
@@ -47,10 +46,24 @@ def _present(samples: np.ndarray) -> np.ndarray:
 
 
 def _ip_len(samples: np.ndarray) -> np.ndarray:
-    s = samples.astype(np.int64)
+    s = samples[..., :6].astype(np.int64)  # the IP header's first bytes only
     v4 = s[..., 2] * 256 + s[..., 3]
     v6 = s[..., 4] * 256 + s[..., 5] + 40
     return np.where((s[..., 0] >> 4) == 6, v6, v4)
+
+
+def _service_keys(samples: np.ndarray) -> np.ndarray:
+    """semiflow_flownet.service_keys on the first packet's header bytes alone (numpy: the
+    drift counters run beside the scorer and must stay cheap)."""
+    if not len(samples):
+        return np.zeros(0, np.int64)
+    first = samples[:, 0, :64].astype(np.int64)
+    ver = first[:, 0] >> 4
+    proto = np.where(ver == 6, first[:, 6], np.where(ver == 4, first[:, 9], 0))
+    sport = first[:, 60] * 256 + first[:, 61]
+    dport = first[:, 62] * 256 + first[:, 63]
+    port = np.where((proto == 6) | (proto == 17), np.minimum(sport, dport), 0)
+    return proto * 65536 + port
 
 
 def signal_counts(samples: np.ndarray, n_selected: np.ndarray, scores: np.ndarray,
@@ -65,14 +78,16 @@ def signal_counts(samples: np.ndarray, n_selected: np.ndarray, scores: np.ndarra
                                minlength=len(score_edges) + 1).astype(np.float64)
     unscored = np.asarray(n_selected) == 0
     out["unscored"] = np.array([(~unscored).sum(), unscored.sum()], np.float64)
-    keys = service_keys(samples).numpy() if n else np.zeros(0, np.int64)
+    keys = _service_keys(samples)
     idx = np.full(n, len(services), np.int64)
     for i, s in enumerate(services):
         idx[keys == s] = i
     out["service"] = np.bincount(idx, minlength=len(services) + 1).astype(np.float64)
     pres = _present(samples)
     if samples.shape[-1] > PAYLOAD_OFFSET:
-        pay = samples[..., PAYLOAD_OFFSET:][pres]
+        # a share per nibble: an even subsample of the flows estimates it as well
+        step = max(1, n // PAYLOAD_FLOWS)
+        pay = samples[::step, :, PAYLOAD_OFFSET:][pres[::step]]
         nz = pay[pay != 0]
         out["payload_bytes"] = np.bincount(nz >> 4, minlength=16).astype(np.float64)
     bins = np.floor(np.log2(_ip_len(samples) + 1.0)).astype(np.int64).clip(0, SIZE_BINS - 1)
@@ -99,7 +114,7 @@ class DriftReference:
         if ok.sum() < 10:
             raise ValueError("a drift reference needs at least 10 scored flows")
         edges = np.unique(np.quantile(sc[ok], np.linspace(0.1, 0.9, 9)))
-        keys = service_keys(np.asarray(samples)).numpy()
+        keys = _service_keys(np.asarray(samples))
         vals, cnt = np.unique(keys, return_counts=True)
         services = [int(v) for v in vals[np.argsort(-cnt, kind="stable")][:top_services]]
         return cls(edges, services, signal_counts(samples, n_selected, sc, edges, services),
