@@ -91,6 +91,19 @@ def report(corpus_dir, tmp_path_factory):
         w.write({"ts": 1.6e9, "host_a": "10.0.0.1", "host_b": "10.0.0.2", "n_flows": 12,
                  "score": 9.5, "threshold": 4.0, "verdict": "anomalous",
                  "top_tokens": ["t12", "t3"], "top_uids": ["Cabc"]})
+    # serve's lifecycle logs in the same directory: drift windows (one drifted, one broken
+    # line) and shadow agreement, which must not be read as semiflow.log
+    (logs / "semiflow_drift.log").write_text("\n".join([
+        json.dumps({"ts": 1.6e9, "model_version": "v1", "start": 1.6e9 - 3600, "end": 1.6e9,
+                    "flows": 900, "psi": {"score": 0.02, "service": 0.05, "size:393296": 0.01},
+                    "threshold": 0.25, "drifted": []}),
+        json.dumps({"ts": 1.6e9 + 3600, "model_version": "v1", "start": 1.6e9,
+                    "end": 1.6e9 + 3600, "flows": 1200,
+                    "psi": {"score": 0.41, "service": 0.9, "size:393296": None},
+                    "threshold": 0.25, "drifted": ["service", "score"]}),
+        "{not json"]) + "\n")
+    (logs / "semiflow_shadow.log").write_text(json.dumps(
+        {"ts": 1.6e9, "shadow_version": "v2", "flows": 10, "flagged_served": 1}) + "\n")
     out = tmp / "report.html"
     assert cli_main(["report", str(logs), "-o", str(out), "--model", str(model),
                      "--extract", str(tmp / "scored.flows"), "--explain-top", "3"]) == 0
@@ -103,10 +116,14 @@ def test_report_content(report):
     assert "<script src" not in page and "<link" not in page and "http://" not in page \
         and "https://" not in page          # nothing to fetch
     for ident in ("fig-timeline", "fig-scores", "fig-coverage", "flagged", "fb-build",
-                  "top-sources", "heat-", "dyad"):
+                  "top-sources", "heat-", "dyad", "fig-drift"):
         assert f'id="{ident}' in page, ident
     from semiflow.training.report import load_report_data
     d = load_report_data([tmp / "logs"])
+    assert len(d.drift) == 2 and list(d.drift["drifted"]) == ["", "service, score"]
+    assert d.drift["psi:service"].iloc[1] == 0.9 and d.read.malformed >= 1
+    assert "1 window(s) drifted of" in page and "service, score" in page
+    assert not any(f.name.startswith("semiflow_shadow") for f in d.files["semiflow"])
     assert len(d.flagged) >= 1
     assert d.files["semiflow"][0].name.endswith(".gz") or len(d.files["semiflow"]) == 2
     for uid in d.flagged["uid"].head(3):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import math
 import os
 import re
@@ -26,7 +27,8 @@ from semiflow.plugin.zeeklog import ZeekLogReport, read_zeek_log
 
 from .report_assets import CSS, JS
 
-_KINDS = (("semiflow_dyad", "dyad"), ("semiflow", "semiflow"), ("notice", "notice"),
+_KINDS = (("semiflow_dyad", "dyad"), ("semiflow_drift", "drift"),
+          ("semiflow_shadow", "shadow"), ("semiflow", "semiflow"), ("notice", "notice"),
           ("conn", "conn"))
 _LOGISH = re.compile(r"\.(log|json|gz|labeled)$|\.log\.")
 # semiflow.log status -> coverage category
@@ -68,6 +70,7 @@ class ReportData:
     dyad: pd.DataFrame
     files: dict[str, list[Path]]
     read: ZeekLogReport = field(default_factory=ZeekLogReport)  # what reading skipped
+    drift: pd.DataFrame = field(default_factory=pd.DataFrame)  # semiflow serve's drift windows
 
     @property
     def malformed(self) -> int:
@@ -101,7 +104,51 @@ def load_report_data(paths: Iterable[str | os.PathLike]) -> ReportData:
             lambda v: COVERAGE.get(str(v), "unscored"))
         s["score"] = pd.to_numeric(s.get("score"), errors="coerce")
     return ReportData(frames["semiflow"], frames["notice"], frames["conn"], frames["dyad"],
-                      files, rep)
+                      files, rep, load_drift(files.get("drift", []), rep))
+
+
+def load_drift(files: Iterable[Path], report: ZeekLogReport) -> pd.DataFrame:
+    """semiflow_drift.log (JSON lines, one judged window each) -> one row per window with a
+    psi:<signal> column per signal; unreadable lines are counted, not fatal."""
+    rows = []
+    for f in files:
+        with open(f, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if not line.strip():
+                    continue
+                try:
+                    r = json.loads(line)
+                    row = {"end": float(r["end"]), "start": float(r["start"]),
+                           "flows": int(r["flows"]), "model_version": str(r["model_version"]),
+                           "threshold": float(r["threshold"]),
+                           "drifted": ", ".join(map(str, r.get("drifted") or []))}
+                    row |= {f"psi:{k}": (float(v) if v is not None else math.nan)
+                            for k, v in (r.get("psi") or {}).items()}
+                    rows.append(row)
+                except (ValueError, KeyError, TypeError):
+                    report.malformed += 1
+    return pd.DataFrame(rows).sort_values("end", ignore_index=True) if rows else pd.DataFrame()
+
+
+def fig_drift(d: ReportData) -> str | None:
+    """PSI per signal per judged window against the drift threshold."""
+    dr = d.drift
+    if not len(dr):
+        return None
+    fig, ax = _plt().subplots(figsize=(7, 2.8))
+    x = _dates(dr["end"].to_numpy(float))
+    main = [c for c in dr.columns if c.startswith("psi:") and not c.startswith("psi:size:")]
+    for c in main:
+        ax.plot(x, dr[c].to_numpy(float), marker=".", label=c[4:])
+    sizes = [c for c in dr.columns if c.startswith("psi:size:")]
+    if sizes:
+        ax.plot(x, dr[sizes].max(axis=1).to_numpy(float), marker=".", label="packet sizes (max)")
+    ax.axhline(float(dr["threshold"].iloc[-1]), color="#b42318", ls="--", label="threshold")
+    ax.set_ylabel("PSI vs training")
+    ax.set_title("Model drift per window", fontsize=10)
+    ax.legend(fontsize=7, ncol=3)
+    fig.autofmt_xdate()
+    return _png(fig)
 
 
 # ---- figures ------------------------------------------------------------------------------
@@ -377,6 +424,13 @@ def build_report(paths: Iterable[str | os.PathLike], out: str | os.PathLike,
                                                model_dir, list(extract_dirs), list(captures))
     figs = {k: f(d) for k, f in (("timeline", fig_timeline), ("scores", fig_scores),
                                  ("coverage", fig_coverage))}
+    drift_fig = fig_drift(d)
+    drifted = d.drift[d.drift["drifted"] != ""] if len(d.drift) else d.drift
+    drift_html = (_img(drift_fig, "drift", "fig-drift") + simple_table(
+        drifted.assign(start=drifted["start"].map(_iso), end=drifted["end"].map(_iso))
+        [["start", "end", "flows", "model_version", "drifted"]], "drift")
+        if drift_fig else '<p class="note">no semiflow_drift.log (semiflow serve writes one '
+        'per judged window; see docs/lifecycle.md)</p>')
     tops = top_counts(flagged)
     top_imgs = "".join(_img(b, f"top {k}", f"top-{k}") for k, b in
                        ((k, fig_top(v, f"Top {k} of flagged flows")) for k, v in tops.items())
@@ -428,6 +482,8 @@ export</span> turns marked flows into training data.</p>
 <section id="explanations"><h2>Why these flows? (top flagged)</h2>{expl_html}</section>
 <section id="coverage-sec"><h2>Coverage</h2>{cov_tbl}</section>
 <section id="dyads"><h2>Log detector: anomalous dyad-hours</h2>{dy_tbl}</section>
+<section id="drift"><h2>Model drift <span class="pill">{len(drifted)} window(s) drifted of
+{len(d.drift)}</span></h2>{drift_html}</section>
 </main>"""
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}'
             "</title><meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none';"
@@ -436,4 +492,5 @@ export</span> turns marked flows into training data.</p>
     Path(out).write_text(page, encoding="utf-8")
     return {"flows": len(s), "flagged": len(flagged), "notices": len(d.notice),
             "anomalous_dyads": n_dyads, "explained": sorted(explained),
+            "drift_windows": len(d.drift), "drifted_windows": len(drifted),
             "notes": d.read.notes(), "out": str(out)}
