@@ -16,6 +16,21 @@ def corpus_slice(corpus_dir: Path) -> list[str]:
     return [str(corpus_dir / rows[n]["file"]) for n in SLICE if n in rows]
 
 
+def corpus_requests(corpus_dir: Path, k: int = 4, snaplen: int = 320) -> list:
+    """The corpus slice's flow requests as the Zeek package publishes them (select_all, no
+    max_wait cut), or a pytest skip without the corpus."""
+    import pytest
+
+    from semiflow.plugin.zeek_selection import ZeekSideConfig, capture_to_events
+
+    files = corpus_slice(corpus_dir)
+    if not files:
+        pytest.skip("corpus slice not found")
+    evs = capture_to_events(files, ZeekSideConfig(k=k, snaplen=snaplen, max_wait=float("inf"),
+                                                  select_all=True))
+    return [e for e in evs if e.kind == "request"]
+
+
 def tiny_model(out: Path, k: int = 4, l: int = 256, threshold: float = 0.5) -> Path:
     """A real SemiFlow artifact (encoder + classifier) with seeded random weights."""
     import torch

@@ -24,10 +24,9 @@ from semiflow.plugin.zeek_batch import (
     verdict_batch_text,
 )
 from semiflow.plugin.zeek_decode import decode_flow_requests
-from semiflow.plugin.zeek_selection import ZeekSideConfig, capture_to_events
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_helpers import corpus_slice  # noqa: E402
+from serve_helpers import corpus_requests  # noqa: E402
 from zeek_double import ZeekDouble, event_metadata, zeek_json  # noqa: E402
 
 SPEC = FlowSampleSpec(k=4, l=256)
@@ -35,11 +34,7 @@ SPEC = FlowSampleSpec(k=4, l=256)
 
 @pytest.fixture(scope="module")
 def requests(corpus_dir):
-    files = corpus_slice(corpus_dir)
-    if not files:
-        pytest.skip("corpus slice not found")
-    evs = capture_to_events(files, ZeekSideConfig(k=4, snaplen=320, max_wait=float("inf")))
-    return [e for e in evs if e.kind == "request"]
+    return corpus_requests(corpus_dir)
 
 
 def batch_message(reqs, topic: str = zw.DEFAULT_REQUEST_TOPIC + "0/") -> dict:

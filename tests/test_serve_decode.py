@@ -21,10 +21,9 @@ from semiflow.detector.spec import (
 )
 from semiflow.plugin import zeek_wire as zw
 from semiflow.plugin.zeek_decode import _thorough, decode_flow_requests, verdict_text
-from semiflow.plugin.zeek_selection import ZeekSideConfig, capture_to_events
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_helpers import TrivialScorer, corpus_slice  # noqa: E402
+from serve_helpers import TrivialScorer, corpus_requests  # noqa: E402
 from zeek_double import zeek_json  # noqa: E402
 
 SPEC = FlowSampleSpec(k=4, l=256)
@@ -32,12 +31,7 @@ SPEC = FlowSampleSpec(k=4, l=256)
 
 @pytest.fixture(scope="module")
 def requests(corpus_dir):
-    files = corpus_slice(corpus_dir)
-    if not files:
-        pytest.skip("corpus slice not found")
-    evs = capture_to_events(files, ZeekSideConfig(k=4, snaplen=320, max_wait=float("inf"),
-                                                  select_all=True))
-    return [e for e in evs if e.kind == "request"]
+    return corpus_requests(corpus_dir)
 
 
 def _frames(e) -> list:

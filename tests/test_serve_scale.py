@@ -17,10 +17,9 @@ import pytest
 from semiflow.detector.serving import Histogram, MicroBatcher
 from semiflow.detector.spec import FlowSampleSpec
 from semiflow.plugin.zeek_decode import decode_flow_requests
-from semiflow.plugin.zeek_selection import ZeekSideConfig, capture_to_events
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_helpers import TrivialScorer, corpus_slice  # noqa: E402
+from serve_helpers import TrivialScorer, corpus_requests  # noqa: E402
 from zeek_double import zeek_json  # noqa: E402
 
 SPEC = FlowSampleSpec(k=4, l=256)
@@ -28,12 +27,7 @@ SPEC = FlowSampleSpec(k=4, l=256)
 
 @pytest.fixture(scope="module")
 def texts(corpus_dir):
-    files = corpus_slice(corpus_dir)
-    if not files:
-        pytest.skip("corpus slice not found")
-    evs = capture_to_events(files, ZeekSideConfig(k=4, snaplen=320, max_wait=float("inf"),
-                                                  select_all=True))
-    return [zeek_json(e.message()) for e in evs if e.kind == "request"]
+    return [zeek_json(e.message()) for e in corpus_requests(corpus_dir)]
 
 
 class SlowSubmitScorer(TrivialScorer):
