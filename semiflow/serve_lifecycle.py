@@ -84,6 +84,8 @@ class Lifecycle:
         if cur is None or cur == self._following:
             return
         self._following = cur
+        if cur == self.slot.model_version:  # back to what serves (after a refused version)
+            return
         try:
             self.store.verify(cur)
         except ValueError as e:
