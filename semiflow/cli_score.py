@@ -181,7 +181,8 @@ def register(sub) -> None:
     p = sub.add_parser("score", help="score captures offline -> Zeek semiflow.log + notice.log",
                        description="Cut captures into flows with the model's spec, score them, "
                                    "and write Zeek-format semiflow.log and notice.log.")
-    p.add_argument("captures", nargs="+", metavar="CAPTURE")
+    p.add_argument("captures", nargs="+", metavar="CAPTURE",
+                   help="capture files, or directories (searched recursively for captures)")
     p.add_argument("--model", default=None, metavar="DIR",
                    help="model artifact directory (default: the bundled model)")
     p.add_argument("-o", "--out", required=True, metavar="OUTDIR", help="where to write logs")
@@ -197,8 +198,15 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from semiflow.cli import UsageError
+    from semiflow.training.extract import expand_captures
+
     model = args.model or default_model_dir()
-    res = score_captures(args.captures, model, args.out, json=args.json, device=args.device,
+    captures, ignored = expand_captures(args.captures)  # as `semiflow extract` does
+    if not captures:
+        raise UsageError(f"no capture found in {', '.join(args.captures)}"
+                         + (f" ({len(ignored)} other file(s) ignored)" if ignored else ""))
+    res = score_captures(captures, model, args.out, json=args.json, device=args.device,
                          progress=not args.quiet and sys.stderr.isatty(),
                          explain=args.explain, allowlist=args.allowlist)
     print_summary(res, top=args.top)

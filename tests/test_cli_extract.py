@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+from importlib import resources
+from pathlib import Path
 
 from packets import ether, ip4, tcp, write_pcap
 
 from semiflow.plugin.flowstore import FlowStore
+
+LAB_SAMPLE = Path(str(resources.files("semiflow") / "data" / "lab-sample"))
 
 
 def _run(*args):
@@ -122,3 +127,22 @@ def test_extract_label_normal_and_help(tmp_path, capsys):
     r = _run("extract", "--help")
     assert "samples.npy" not in r.stdout and "packets.bin" in r.stdout
     assert "directories" in r.stdout
+
+
+def test_score_accepts_a_directory_of_captures(tmp_path, capsys):
+    """`semiflow score DIR` searches DIR for captures as `semiflow extract` does (issue 15:
+    a directory argument read nothing); a directory without any is one clear line."""
+    d = tmp_path / "caps" / "day1"
+    d.mkdir(parents=True)
+    shutil.copy(LAB_SAMPLE / "capture.pcap.gz", d / "capture.pcap.gz")
+    (d / "README").write_text("not a capture\n")
+    from semiflow.cli import main
+    assert main(["score", str(tmp_path / "caps"), "-o", str(tmp_path / "logs"), "-q"]) == 0
+    assert (tmp_path / "logs" / "semiflow.log").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("x")
+    capsys.readouterr()
+    assert main(["score", str(empty), "-o", str(tmp_path / "l2"), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no capture found" in err[0]

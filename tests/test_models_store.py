@@ -117,3 +117,4 @@ def test_world_writable_store_is_refused(tmp_path, capsys):
     os.chmod(store_dir, 0o777)
     assert main(["models", "list", str(store_dir)]) == 2
     assert "world-writable" in capsys.readouterr().err
+
