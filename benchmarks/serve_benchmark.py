@@ -269,7 +269,9 @@ def main() -> None:
     opts = ["--model", model, "--device", a.device or "cpu", "--max-batch",
             str(a.max_batch), "--max-wait-ms", str(a.max_wait_ms), "--queue", "65536",
             "--threads", "1", "--zeek"]
-    cmds = {"real model": [sys.executable, "-m", "semiflow", "serve", *opts],
+    # the detector's drift/shadow logs go to a scratch dir, not the working directory
+    lifecycle = ["--lifecycle-dir", tempfile.mkdtemp(prefix="serve-bench-")]
+    cmds = {"real model": [sys.executable, "-m", "semiflow", "serve", *lifecycle, *opts],
             "trivial scorer": [sys.executable, __file__, "--serve-trivial", *opts]}
     want = {"trivial": "trivial scorer", "real": "real model"}
     results = []

@@ -35,7 +35,8 @@ LAB = ROOT / "semiflow" / "data" / "lab-sample" / "capture.pcap.gz"
 
 def start_serve(model: str, url: str, log) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "semiflow", "serve", "--zeek", url,
-                             "--model", model, "--device", "cpu", "--max-batch", "256"],
+                             "--model", model, "--device", "cpu", "--max-batch", "256",
+                             "--lifecycle-dir", str(Path(log.name).parent)],
                             cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
                             stdout=log, stderr=subprocess.STDOUT)
 
