@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .semiflow_flownet import service_keys
+
 REFERENCE_FILE = "reference.json"
 EPS = 1e-4
 SIZE_BINS = 17           # floor(log2(ip_len + 1)) for ip_len < 65536
@@ -52,20 +54,6 @@ def _ip_len(samples: np.ndarray) -> np.ndarray:
     return np.where((s[..., 0] >> 4) == 6, v6, v4)
 
 
-def _service_keys(samples: np.ndarray) -> np.ndarray:
-    """semiflow_flownet.service_keys on the first packet's header bytes alone (numpy: the
-    drift counters run beside the scorer and must stay cheap)."""
-    if not len(samples):
-        return np.zeros(0, np.int64)
-    first = samples[:, 0, :64].astype(np.int64)
-    ver = first[:, 0] >> 4
-    proto = np.where(ver == 6, first[:, 6], np.where(ver == 4, first[:, 9], 0))
-    sport = first[:, 60] * 256 + first[:, 61]
-    dport = first[:, 62] * 256 + first[:, 63]
-    port = np.where((proto == 6) | (proto == 17), np.minimum(sport, dport), 0)
-    return proto * 65536 + port
-
-
 def signal_counts(samples: np.ndarray, n_selected: np.ndarray, scores: np.ndarray,
                   score_edges: np.ndarray, services: list[int]) -> dict[str, np.ndarray]:
     """Per-signal bin counts of one batch of flows (uint8[n, K, L] samples)."""
@@ -78,7 +66,7 @@ def signal_counts(samples: np.ndarray, n_selected: np.ndarray, scores: np.ndarra
                                minlength=len(score_edges) + 1).astype(np.float64)
     unscored = np.asarray(n_selected) == 0
     out["unscored"] = np.array([(~unscored).sum(), unscored.sum()], np.float64)
-    keys = _service_keys(samples)
+    keys = service_keys(samples).numpy() if n else np.zeros(0, np.int64)
     idx = np.full(n, len(services), np.int64)
     for i, s in enumerate(services):
         idx[keys == s] = i
@@ -114,7 +102,7 @@ class DriftReference:
         if ok.sum() < 10:
             raise ValueError("a drift reference needs at least 10 scored flows")
         edges = np.unique(np.quantile(sc[ok], np.linspace(0.1, 0.9, 9)))
-        keys = _service_keys(np.asarray(samples))
+        keys = service_keys(np.asarray(samples)).numpy()
         vals, cnt = np.unique(keys, return_counts=True)
         services = [int(v) for v in vals[np.argsort(-cnt, kind="stable")][:top_services]]
         return cls(edges, services, signal_counts(samples, n_selected, sc, edges, services),

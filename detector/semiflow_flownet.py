@@ -124,8 +124,8 @@ def packet_meta(X: np.ndarray | torch.Tensor) -> torch.Tensor:
 def service_keys(X: np.ndarray | torch.Tensor) -> torch.Tensor:
     """long[m]: the flow's service, proto * 65536 + min(sport, dport) of its first packet
     (ICMP: proto * 65536; the service port is the lower one, as in the flow-record models)."""
-    x = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X).long()
-    first = x[:, 0]
+    x = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X)
+    first = x[:, 0, :64].long()  # the header bytes it reads, not the whole sample widened
     proto = _proto(first)
     sport = first[:, 60] * 256 + first[:, 61]
     dport = first[:, 62] * 256 + first[:, 63]
