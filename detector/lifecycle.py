@@ -69,15 +69,11 @@ class ShadowStats:
                 "pearson": self.pearson}
 
 
-def warm(scorer) -> None:
-    """One empty sample through the model: kernels compiled and memory taken before it
-    serves (a model that cannot score its own spec fails here, not on live traffic)."""
-    spec = scorer.spec
-    scorer.score_flows(np.zeros((1, spec.k, spec.l), np.uint8), np.ones(1, np.int64))
-
-
 class ModelSlot:
-    """The served model, swappable between micro-batches; optional shadow and drift."""
+    """The served model, swappable between micro-batches; optional shadow and drift.
+
+    `load(source)` returns a ready scorer: load_scorer has scored one sample of the model's
+    own spec (warm, and refused there if it cannot score it)."""
 
     def __init__(self, scorer, load: Callable[[str], object],
                  reference: Callable[[str], DriftReference | None] | None = None,
@@ -97,7 +93,6 @@ class ModelSlot:
         self.drift_window_s, self.drift_threshold = drift_window_s, drift_threshold
         self.drift_min_flows, self.on_drift, self.clock = drift_min_flows, on_drift, clock
         self.drift_reports: list[DriftReport] = []
-        self._source = ""
         self.drift: DriftMonitor | None = None
 
     # ---- what the serving loop reads --------------------------------------------------------
@@ -118,10 +113,9 @@ class ModelSlot:
         return self._current.model_version
 
     def warm_up(self) -> None:
-        """Warm the served model (and the shadow) without counting a flow anywhere."""
-        warm(self._current)
-        if self.shadow is not None:
-            warm(self.shadow)
+        """Nothing to do: every model here comes from `load` (load_scorer), which has run
+        one sample of its spec through it already; an empty sample sent through the slot
+        would count as a live flow in the shadow and drift counters."""
 
     def score_flows(self, samples: np.ndarray, n_selected: np.ndarray) -> np.ndarray:
         return self.score_flows_with_model(samples, n_selected)[0]
@@ -152,7 +146,6 @@ class ModelSlot:
     # ---- swapping -----------------------------------------------------------------------
     def attach_source(self, source: str) -> None:
         """Where the served model came from (its artifact dir): drift reads its reference."""
-        self._source = source
         self._reset_drift(source)
 
     def request(self, source: str, version: str | None = None) -> threading.Thread:
@@ -169,7 +162,6 @@ class ModelSlot:
             if new.spec != self._current.spec:
                 raise ValueError(f"its flow-sample spec {new.spec.to_dict()} differs from the "
                                  f"sensor's {self._current.spec.to_dict()}")
-            warm(new)
         except Exception as e:
             why = str(e) or repr(e)
             log.error("model %s refused, %s keeps serving: %s", version or source,
@@ -203,7 +195,6 @@ class ModelSlot:
         if scorer.spec != self._current.spec:
             raise ValueError(f"shadow {scorer.model_version}: its flow-sample spec differs "
                              "from the served model's")
-        warm(scorer)
         self.shadow, self.shadow_stats = scorer, ShadowStats(scorer.model_version)
 
     def _reset_drift(self, source: str) -> None:

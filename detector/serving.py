@@ -64,6 +64,19 @@ class ModelInfo:
         return cls(float(scorer.threshold), scorer.model_name, scorer.model_version)
 
 
+def warm_up(scorer) -> None:
+    """Run the model once before the first real batch (else the first requests wait for
+    torch's first forward). A scorer with its own warm_up (a ModelSlot, whose models
+    load_scorer already ran once; a RemoteScorer, whose model lives elsewhere) decides
+    itself, so no empty sample is counted as a live flow."""
+    own = getattr(scorer, "warm_up", None)
+    if own is not None:
+        own()
+        return
+    spec = scorer.spec
+    scorer.score_flows(np.zeros((1, spec.k, spec.l), np.uint8), np.ones(1, np.int64))
+
+
 def score_with_model(scorer, samples: np.ndarray, n_selected: np.ndarray
                      ) -> tuple[np.ndarray, ModelInfo | None]:
     """(scores, the model that made them); None for scorers that never change."""
@@ -332,12 +345,7 @@ class MicroBatcher:
             b = RequestBatch.empty()
             build_flow_samples(b.blob, b.frame_off, b.frame_len, b.linktype, b.ts,
                                b.wire_len, b.is_orig, b.flow_start, self.spec)
-            warm = getattr(self.scorer, "warm_up", None)  # a ModelSlot: not a live flow
-            if warm is not None:
-                warm()
-            else:
-                one = np.zeros((1, self.spec.k, self.spec.l), np.uint8)
-                self.scorer.score_flows(one, np.ones(1, np.int64))
+            warm_up(self.scorer)
         except Exception as e:  # the real batches will report it
             log.warning("warm-up failed: %r", e)
 

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 
+from semiflow.detector.serving import warm_up
 from semiflow.detector.serving_zmq import ScorerServer
 
 log = logging.getLogger("semiflow.serve")
@@ -54,13 +55,7 @@ def run_pool(args: argparse.Namespace, scorer, shards: list[str],
     """lifecycle (semiflow/serve_lifecycle.py): its slot is `scorer`; it follows the model
     store here, where the model lives (SIGHUP checks at once); drift goes to its log only,
     since this process holds no connection to Zeek."""
-    warm = getattr(scorer, "warm_up", None)
-    if warm is not None:
-        warm()  # the workers' RemoteScorers do not warm it
-    else:
-        import numpy as np
-        scorer.score_flows(np.zeros((1, scorer.spec.k, scorer.spec.l), np.uint8),
-                           np.ones(1, np.int64))
+    warm_up(scorer)  # the workers' RemoteScorers do not warm it
     tmp = tempfile.mkdtemp(prefix="semiflow-serve-")
     server = ScorerServer(scorer, f"ipc://{tmp}/scorer", max_flows=max(4 * args.max_batch,
                                                                        4096))
