@@ -30,7 +30,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-LAB = ROOT / "semiflow" / "data" / "lab-sample" / "capture.pcap.gz"
 
 
 def start_serve(model: str, url: str, log) -> subprocess.Popen:
@@ -61,15 +60,12 @@ def slope_mb_per_hour(samples: list[tuple[float, float, int]]) -> float:
 
 
 async def run(a) -> dict:
+    from serve_helpers import lab_sample_batches, with_fresh_uids
     from zeek_double import ZeekDouble
 
     from semiflow.plugin import zeek_wire as zw
-    from semiflow.plugin.zeek_selection import ZeekSideConfig, capture_to_events
 
-    reqs = [e for e in capture_to_events([str(LAB)], ZeekSideConfig(k=8, snaplen=320))
-            if e.kind == "request"]
-    chunks = [reqs[i:i + 16] for i in range(0, len(reqs), 16)]
-    msgs = [(c[0].topic, zw.flow_batch_args([e.args for e in c])) for c in chunks]
+    _, msgs = lab_sample_batches(16)
     log = open(a.log, "w")
     dbl = await ZeekDouble().start()
     port = dbl.port
@@ -86,9 +82,7 @@ async def run(a) -> dict:
     async def publish_one() -> int:
         nonlocal i
         topic, margs = msgs[i % len(msgs)]
-        margs = list(margs)
-        uids = [f"S{i}_{u}" for u in margs[1]]
-        margs[1] = uids
+        margs, uids = with_fresh_uids(margs, f"S{i}_")
         i += 1
         got = await dbl.publish(topic, zw.FLOW_BATCH, margs)
         if got:

@@ -30,7 +30,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 BUNDLED = ROOT / "semiflow" / "data" / "model"
-LAB = ROOT / "semiflow" / "data" / "lab-sample" / "capture.pcap.gz"
 
 
 class TimedList(list):
@@ -56,11 +55,11 @@ def renamed(src: Path, dst: Path, version: str, factor: float) -> Path:
 
 
 async def run(args) -> dict:
+    from serve_helpers import lab_sample_batches, with_fresh_uids
     from zeek_double import ZeekDouble
 
     from semiflow.model_store import ModelStore
     from semiflow.plugin import zeek_wire as zw
-    from semiflow.plugin.zeek_selection import ZeekSideConfig, capture_to_events
 
     tmp = Path(tempfile.mkdtemp(prefix="swapbench-"))
     store = ModelStore.open_or_create(tmp / "store")
@@ -69,11 +68,8 @@ async def run(args) -> dict:
         renamed(BUNDLED, tmp / "cand", "semiflow-candidate", 1.1)
     b = store.add(cand)
     store.promote(a, "benchmark start")
-    reqs = [e for e in capture_to_events([str(LAB)], ZeekSideConfig(k=8, snaplen=320))
-            if e.kind == "request"]
     batch = 16
-    chunks = [reqs[i:i + batch] for i in range(0, len(reqs), batch)]
-    msgs = [(c[0].topic, zw.flow_batch_args([e.args for e in c])) for c in chunks]
+    _, msgs = lab_sample_batches(batch)
     dbl = await ZeekDouble().start()
     dbl.received = TimedList()
     cmd = [sys.executable, "-m", "semiflow", "serve", "--zeek", dbl.url, "--models",
@@ -93,10 +89,7 @@ async def run(args) -> dict:
         next_swap, i, current = t0 + every, 0, a
         while time.monotonic() - t0 < args.seconds:
             topic, margs = msgs[i % len(msgs)]
-            # fresh uids per round, so every flow is a new one
-            margs = list(margs)
-            uids = [f"R{i}_{u}" for u in margs[1]]  # flow_batch_args: (reply_topic, uids, ...)
-            margs[1] = uids
+            margs, uids = with_fresh_uids(margs, f"R{i}_")  # every round is new flows
             await dbl.publish(topic, zw.FLOW_BATCH, margs)
             sent += uids
             i += 1

@@ -31,6 +31,29 @@ def corpus_requests(corpus_dir: Path, k: int = 4, snaplen: int = 320) -> list:
     return [e for e in evs if e.kind == "request"]
 
 
+def lab_sample_batches(per_batch: int = 16, k: int = 8, snaplen: int = 320
+                       ) -> tuple[list, list[tuple[str, list]]]:
+    """The shipped lab sample's flow requests, and them grouped as batch.zeek publishes
+    them: (topic, flow_batch arguments) of `per_batch` flows each."""
+    from importlib import resources
+
+    from semiflow.plugin import zeek_wire as zw
+    from semiflow.plugin.zeek_selection import ZeekSideConfig, capture_to_events
+
+    lab = Path(str(resources.files("semiflow") / "data" / "lab-sample" / "capture.pcap.gz"))
+    reqs = [e for e in capture_to_events([str(lab)], ZeekSideConfig(k=k, snaplen=snaplen))
+            if e.kind == "request"]
+    chunks = [reqs[i:i + per_batch] for i in range(0, len(reqs), per_batch)]
+    return reqs, [(c[0].topic, zw.flow_batch_args([e.args for e in c])) for c in chunks]
+
+
+def with_fresh_uids(args: list, prefix: str) -> tuple[list, list[str]]:
+    """A flow_batch's arguments with every uid prefixed (a replayed batch is new flows);
+    returns (arguments, uids). flow_batch_args: (reply_topic, uids, ...)."""
+    uids = [f"{prefix}{u}" for u in args[1]]
+    return [args[0], uids, *args[2:]], uids
+
+
 def tiny_model(out: Path, k: int = 4, l: int = 256, threshold: float = 0.5) -> Path:
     """A real SemiFlow artifact (encoder + classifier) with seeded random weights."""
     import torch

@@ -21,26 +21,21 @@ import pytest
 from semiflow.model_store import ModelStore
 from semiflow.plugin import zeek_wire as zw
 from semiflow.plugin.flowstore import FlowStore
-from semiflow.plugin.zeek_selection import ZeekSideConfig, capture_to_events
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_helpers import tiny_model  # noqa: E402
+from serve_helpers import lab_sample_batches, tiny_model  # noqa: E402
 from test_models_store import variant  # noqa: E402
 from test_serve import _free_port, scrape, stop, wait_for  # noqa: E402
 from zeek_double import ZeekDouble  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED = Path(str(resources.files("semiflow") / "data" / "model"))
-LAB = BUNDLED.parent / "lab-sample" / "capture.pcap.gz"
 
 
 @pytest.fixture(scope="module")
 def batches():
     """The lab sample's flows as batch.zeek publishes them, 16 flows per flow_batch."""
-    reqs = [e for e in capture_to_events([str(LAB)], ZeekSideConfig(k=8, snaplen=256 + 64))
-            if e.kind == "request"]
-    chunks = [reqs[i:i + 16] for i in range(0, len(reqs), 16)]
-    return reqs, [(c[0].topic, zw.flow_batch_args([e.args for e in c])) for c in chunks]
+    return lab_sample_batches(16)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -72,24 +67,23 @@ def test_promote_under_load_swaps_between_batches(batches, tmp_path, workers):
             assert proc.poll() is None, proc.stdout.read()
             third = len(msgs) // 3
 
-            def shard(topic: str, i: int) -> str:
-                return f"{zw.DEFAULT_REQUEST_TOPIC}{i % 2}/" if workers > 1 else topic
-            for i, (topic, args) in enumerate(msgs[:third]):
-                await dbl.publish(shard(topic, i), zw.FLOW_BATCH, args)
-                await asyncio.sleep(0.02)
+            async def publish(part: list) -> None:
+                """Paced, and dealt to the two workers' shards when there are two."""
+                for i, (topic, args) in enumerate(part):
+                    if workers > 1:
+                        topic = f"{zw.DEFAULT_REQUEST_TOPIC}{i % 2}/"
+                    await dbl.publish(topic, zw.FLOW_BATCH, args)
+                    await asyncio.sleep(0.02)
+            await publish(msgs[:third])
             await wait_for(lambda: len(dbl.verdicts()) > 0, 60, "first verdicts")
             store.promote(v2, "weekly retrain")
             proc.send_signal(signal.SIGHUP)       # check the store now (poll is 60 s)
-            for i, (topic, args) in enumerate(msgs[third:2 * third]):
-                await dbl.publish(shard(topic, i), zw.FLOW_BATCH, args)
-                await asyncio.sleep(0.02)
+            await publish(msgs[third:2 * third])
             await wait_for(lambda: any(v.model_version == v2 for v in dbl.verdicts()), 60,
                            "a verdict of the promoted version")
             store.promote(v3, "wrong spec")       # refused: v2 keeps serving
             proc.send_signal(signal.SIGHUP)
-            for i, (topic, args) in enumerate(msgs[2 * third:]):
-                await dbl.publish(shard(topic, i), zw.FLOW_BATCH, args)
-                await asyncio.sleep(0.02)
+            await publish(msgs[2 * third:])
             await wait_for(lambda: len(dbl.verdicts()) >= len(reqs), 120, "all verdicts")
             await asyncio.sleep(0.5)              # nothing is answered twice
             m = scrape(mport) if workers == 1 else {}
