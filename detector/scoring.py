@@ -26,7 +26,7 @@ VERDICT_UNSCORED = "unscored"
 
 class FlowScorer:
     def __init__(self, artifact: Artifact, device: str | torch.device | None = None,
-                 batch_size: int = 4096):
+                 batch_size: int = 4096, amp: str = "off", compile: bool = False):
         self.artifact = artifact
         self.device = resolve_device(device)
         self.batch_size = batch_size
@@ -35,6 +35,8 @@ class FlowScorer:
                               if artifact.level == "flow" else None)
         if self.flow_detector is not None:
             self.encoder = self.classifier = self.flow = None
+            if self.device.type == "cuda":   # large batches, overlapped copies
+                self.flow_detector.use_gpu_scorer(max(batch_size, 4096), amp, compile)
             return
         self.encoder, self.classifier = build_modules(artifact, self.device)
         self.flow = build_flow(artifact, self.device) if artifact.score_kind == "flow-nll" \
@@ -124,13 +126,17 @@ class FlowScorer:
 
 
 def load_scorer(path: str | os.PathLike, device: str | torch.device | None = None,
-                batch_size: int = 4096) -> FlowScorer:
+                batch_size: int = 4096, amp: str = "off", compile: bool = False) -> FlowScorer:
     """Load an artifact directory for inference (CUDA if available, else CPU).
 
     The model scores one empty sample of its own spec before it is handed out: an artifact
     whose config fits its weights but not its input (a corrupt length, say) fails here, as
-    a ValueError, rather than on every flow of a running service."""
-    scorer = FlowScorer(load_artifact(path), device=device, batch_size=batch_size)
+    a ValueError, rather than on every flow of a running service. On CUDA a flow-level model
+    scores through detector/flow_inference.py: `amp` "bf16" autocasts its byte encoder and
+    decoder (scores move by ~1e-3 of the threshold: benchmarks/score_speed.py measures how
+    many verdicts flip), `compile` captures it as CUDA graphs."""
+    scorer = FlowScorer(load_artifact(path), device=device, batch_size=batch_size, amp=amp,
+                        compile=compile)
     spec = scorer.spec
     try:
         s = scorer.score_flows(np.zeros((1, spec.k, spec.l), np.uint8), np.ones(1, np.int64))

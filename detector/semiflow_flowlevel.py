@@ -18,6 +18,7 @@ against packet-level SemiFlow and a kNN baseline in benchmarks/semiflow_lab_abla
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -32,9 +33,22 @@ from .semiflow_flownet import (
     LatentFlow,
     flow_inputs,
     learn_services,
+    learn_services_from_counts,
     log_uniform,
 )
 from .semiflow_inference import resolve_device
+from .train_loop import (
+    DistContext,
+    FitOptions,
+    InMemoryFlows,
+    adam,
+    autocast,
+    batches,
+    lr_schedule,
+    scaled_lr,
+    seed_for,
+    steps_per_epoch,
+)
 
 FLOW_SCORES = ("nll+rec", "nll", "rec", "classifier")
 STAGES = ("reconstruction", "flow", "classifier")
@@ -48,6 +62,17 @@ def check_flows(X, cfg: FlowNetConfig, what: str) -> np.ndarray:
     if len(X) == 0:
         raise ValueError(f"{what}: no flows")
     return X
+
+
+class _AutoEncoder(torch.nn.Module):
+    """Encoder and decoder as one module: what stage 1 trains (and DDP wraps)."""
+
+    def __init__(self, encoder: FlowEncoder, decoder: FlowDecoder):
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
+
+    def forward(self, rows, meta, svc):
+        return self.decoder(self.encoder(rows, meta, svc))
 
 
 class FlowSemiFlowDetector:
@@ -87,60 +112,89 @@ class FlowSemiFlowDetector:
         return {k: m for k, m in mods.items() if m is not None}
 
     # ---- fit ----------------------------------------------------------------------------
-    def fit(self, X: np.ndarray, X_val: np.ndarray | None = None, y=None):
-        """X: NORMAL flow samples uint8[n, K, L]; X_val (normal) drives early stopping."""
+    def fit(self, X, X_val: np.ndarray | None = None, y=None, options: FitOptions | None = None,
+            dist: DistContext | None = None):
+        """X: NORMAL flow samples uint8[n, K, L], or a source of them (training/flow_shards.py:
+        data larger than memory, read in shards); X_val (normal) drives early stopping.
+        options: batch size, autocast, compile (FitOptions); dist: this process's rank in a
+        DistributedDataParallel job (every rank gets the same result)."""
         if self.score not in FLOW_SCORES:
             raise ValueError(f"unknown score {self.score!r}; choose from {FLOW_SCORES}")
-        X = np.asarray(X)
-        self.config_ = cfg = self._cfg(X.shape[1] if X.ndim == 3 else 0)
-        X = check_flows(X, cfg, "fit")
-        self.device_ = dev = resolve_device(self.device)
+        opts, dist = options or FitOptions(), dist or DistContext()
+        streamed = hasattr(X, "chunks")
+        if not streamed:
+            X = np.asarray(X)
+        self.config_ = cfg = self._cfg(X.k if streamed else (X.shape[1] if X.ndim == 3 else 0))
+        if not streamed:
+            X = check_flows(X, cfg, "fit")
+        self.device_ = dev = resolve_device(dist.device(self.device))
         if X_val is None:
+            if streamed:
+                raise ValueError("fit: a streamed training set needs X_val")
             idx = np.random.default_rng(cfg.seed).permutation(len(X))
             n_val = max(1, len(X) // 10) if len(X) > 1 else 0
             X_val, X = (X[idx[:n_val]], X[idx[n_val:]]) if n_val else (X, X)
         X_val = check_flows(X_val, cfg, "fit X_val")
         if cfg.max_services > 0 and not cfg.services:
-            self.config_ = cfg = FlowNetConfig.from_dict(
-                {**cfg.to_dict(), "services": learn_services(X, cfg)})
+            services = (learn_services_from_counts(X.service_counts(), cfg) if streamed
+                        else learn_services(X, cfg))
+            self.config_ = cfg = FlowNetConfig.from_dict({**cfg.to_dict(), "services": services})
         torch.manual_seed(cfg.seed)
         self.encoder_, self.decoder_ = FlowEncoder(cfg).to(dev), FlowDecoder(cfg).to(dev)
         self.flow_, self.classifier_ = LatentFlow(cfg).to(dev), LatentClassifier(cfg).to(dev)
         self.history_: list[dict] = []
-        Xt = torch.from_numpy(np.ascontiguousarray(X[..., : cfg.length])).to(dev)
+        train = X if streamed else InMemoryFlows(
+            torch.from_numpy(np.ascontiguousarray(X[..., : cfg.length])).to(dev))
         Xv = torch.from_numpy(np.ascontiguousarray(X_val[..., : cfg.length])).to(dev)
-        params = (list(self.encoder_.parameters()) + list(self.decoder_.parameters()),
-                  self.flow_.parameters(), self.classifier_.parameters())
+        batch = opts.batch_size or cfg.batch_size
+        per_rank = max(2, batch // dist.world)
+        large = batch > cfg.batch_size
+        lr = scaled_lr(cfg.lr, batch, cfg.batch_size, opts.lr_scaling) if large else cfg.lr
+        trained = (_AutoEncoder(self.encoder_, self.decoder_), self.flow_, self.classifier_)
         steps = (self._loss_rec, self._loss_flow, self._loss_cls)
         for stage in range(3):
             if stage == 1:
-                self._standardise(Xt)
+                self._standardise(train)
             if stage == 2 and self.score != "classifier":
                 break                              # no classifier needed for this score
-            opt = torch.optim.Adam(params[stage], cfg.lr, betas=(0.5, 0.999))
+            model = dist.wrap(trained[stage])
+            if opts.compile:
+                model = torch.compile(model)
+            opt = adam(trained[stage].parameters(), lr, dev)
+            n_steps = steps_per_epoch(len(train), per_rank, dist.world)
+            sched = lr_schedule(opt, n_steps * cfg.epochs[stage], opts.warmup, large)
+            amp = opts.amp if stage != 1 else "off"   # the flow trains in fp32
             best, bad, best_state = math.inf, 0, None
             for epoch in range(cfg.epochs[stage]):
                 if bad >= cfg.patience:
                     break
                 self._train_mode(stage)
-                total = 0.0
-                order = torch.randperm(len(Xt), generator=self._gen(stage, epoch), device=dev)
-                for i in range(0, len(Xt), cfg.batch_size):
-                    idx = order[i:i + cfg.batch_size]
-                    if len(idx) < 2:
-                        continue
-                    loss = steps[stage](Xt[idx], self._gen(stage, epoch, i))
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if stage == 1:
-                        torch.nn.utils.clip_grad_norm_(self.flow_.parameters(), 10.0)
-                    opt.step()
-                    total += float(loss.detach()) * len(idx)
+                gen = self._gen(stage, epoch, dist.rank)
+                total = torch.zeros(2, dtype=torch.float64, device=dev)
+                started = time.perf_counter()
+                for chunk in train.chunks(seed_for(cfg.seed, stage, epoch), dist.rank,
+                                          dist.world, dev):
+                    for xb in batches(chunk.to(dev, non_blocking=True), per_rank):
+                        with autocast(dev, amp):
+                            loss = steps[stage](xb, gen, model)
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        if stage == 1:
+                            torch.nn.utils.clip_grad_norm_(self.flow_.parameters(), 10.0)
+                        opt.step()
+                        if sched is not None:
+                            sched.step()
+                        total[0] += loss.detach().double() * len(xb)
+                        total[1] += len(xb)
+                total = dist.all_sum(total).tolist()      # (the epoch's only host sync)
+                dist.sync_buffers(trained[stage])
+                seconds = time.perf_counter() - started
                 val = self._val_loss(stage, Xv)
                 rec = {"stage": STAGES[stage], "epoch": epoch + 1,
-                       "train_loss": total / len(Xt), "val_loss": val}
+                       "train_loss": total[0] / max(total[1], 1), "val_loss": val,
+                       "flows": int(total[1]), "seconds": round(seconds, 4)}
                 self.history_.append(rec)
-                if self.log:
+                if self.log and dist.rank == 0:
                     self.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                       for k, v in rec.items()))
                 if val < best - 1e-6:
@@ -178,17 +232,19 @@ class FlowSemiFlowDetector:
                 + cfg.w_meta * ((m_hat - meta) ** 2).mean((1, 2))
                 + cfg.w_service * F.cross_entropy(s_logits, svc, reduction="none"))
 
-    def _loss_rec(self, xb: torch.Tensor, gen=None) -> torch.Tensor:
+    def _loss_rec(self, xb: torch.Tensor, gen=None, model=None) -> torch.Tensor:
         rows, meta, svc = self._inputs(xb)
-        return self._rec_error(rows, meta, svc, self.decoder_(self.encoder_(rows, meta, svc))
-                               ).mean()
+        ae = model if model is not None else _AutoEncoder(self.encoder_, self.decoder_)
+        out = ae(rows, meta, svc)
+        return self._rec_error(rows, meta, svc, tuple(o.float() for o in out)).mean()
 
     @torch.no_grad()
     def _latent(self, xb: torch.Tensor) -> torch.Tensor:
         return self.encoder_(*self._inputs(xb))
 
-    def _loss_flow(self, xb: torch.Tensor, gen=None) -> torch.Tensor:
-        z, logdet = self.flow_(self.flow_.standardise(self._latent(xb)))
+    def _loss_flow(self, xb: torch.Tensor, gen=None, model=None) -> torch.Tensor:
+        flow = model if model is not None else self.flow_
+        z, logdet = flow(self.flow_.standardise(self._latent(xb).float()))
         return LatentFlow.nll(z, logdet)
 
     @torch.no_grad()
@@ -202,23 +258,37 @@ class FlowSemiFlowDetector:
         return torch.nan_to_num(fake, nan=0.0, posinf=1e4, neginf=-1e4).clamp(-1e4, 1e4)
 
     def _cls_batch(self, xb: torch.Tensor, gen: torch.Generator):
-        u = self.flow_.standardise(self._latent(xb))
+        u = self.flow_.standardise(self._latent(xb).float())
         n_fake = max(1, int(round(len(u) * self.config_.pseudo_ratio)))
         self.flow_.eval()
         fake = self.pseudo_anomalies(u[:n_fake], gen)
         y = torch.cat([torch.zeros(len(u)), torch.ones(len(fake))]).long().to(u.device)
         return torch.cat([u, fake]), y
 
-    def _loss_cls(self, xb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def _loss_cls(self, xb: torch.Tensor, gen: torch.Generator, model=None) -> torch.Tensor:
         inputs, y = self._cls_batch(xb, gen)
-        return F.cross_entropy(self.classifier_(inputs), y)
+        net = model if model is not None else self.classifier_
+        return F.cross_entropy(net(inputs).float(), y)
 
     @torch.no_grad()
-    def _standardise(self, Xt: torch.Tensor) -> None:
+    def _standardise(self, train) -> None:
+        """Mean and std of the training latents, in one pass (float64 sums: exact enough
+        for any number of flows, and the same on every rank)."""
         self.encoder_.eval()
-        e = torch.cat([self._latent(Xt[i:i + 1024]) for i in range(0, len(Xt), 1024)])
-        self.flow_.mean.copy_(e.mean(0))
-        self.flow_.std.copy_(e.std(0).clamp_min(1e-4))
+        d = self.config_.latent_dim
+        s1 = torch.zeros(d, dtype=torch.float64, device=self.device_)
+        s2, n = torch.zeros_like(s1), 0
+        for chunk in train.passes(self.device_):
+            chunk = chunk.to(self.device_, non_blocking=True)
+            for i in range(0, len(chunk), 8192):
+                e = self._latent(chunk[i:i + 8192]).double()
+                s1 += e.sum(0)
+                s2 += (e * e).sum(0)
+                n += len(e)
+        mean = s1 / n
+        var = (s2 - n * mean * mean) / max(n - 1, 1)
+        self.flow_.mean.copy_(mean.float())
+        self.flow_.std.copy_(var.clamp_min(0).sqrt().float().clamp_min(1e-4))
 
     @torch.no_grad()
     def _val_loss(self, stage: int, Xv: torch.Tensor) -> float:
@@ -239,8 +309,19 @@ class FlowSemiFlowDetector:
             v, [75, 25])), 1e-9))) for k, v in parts.items()}
 
     # ---- inference ----------------------------------------------------------------------
+    def use_gpu_scorer(self, batch_size: int = 16384, amp: str = "bf16",
+                       compile: bool = False) -> None:
+        """Score through detector/flow_inference.py (large batches, overlapped copies, amp)
+        instead of the plain path; CUDA only, nll and rec scores only."""
+        from .flow_inference import GpuFlowScorer
+
+        self.gpu_scorer_ = GpuFlowScorer(self, batch_size, amp, compile)
+
     @torch.no_grad()
     def _parts(self, X: np.ndarray, batch_size: int = 2048) -> dict[str, np.ndarray]:
+        fast = getattr(self, "gpu_scorer_", None)
+        if fast is not None and self.classifier_ is None:
+            return fast.parts(X)
         out: dict[str, list] = {"nll": [], "rec": [], "classifier": []}
         for i in range(0, len(X), batch_size):
             rows, meta, svc = flow_inputs(X[i:i + batch_size, :, : self.config_.length],

@@ -79,6 +79,16 @@ class FlowNetConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
+    def named(cls, name: str, **kw) -> FlowNetConfig:
+        """"default", or "cpu": 128 bytes per packet and three byte-encoder layers, ~2.5x
+        the default's scoring speed on a CPU (benchmarks/score_speed.py)."""
+        presets = {"default": {}, "cpu": {"length": 128, "byte_channels": (8, 16, 32)}}
+        if name not in presets:
+            raise ValueError(f"unknown flow-level config {name!r}; choose "
+                             f"{' or '.join(presets)}")
+        return cls(**{**presets[name], **kw})
+
+    @classmethod
     def from_dict(cls, d: dict) -> FlowNetConfig:
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
@@ -284,9 +294,16 @@ def flow_inputs(X: np.ndarray | torch.Tensor, cfg: FlowNetConfig, device: torch.
 def learn_services(X: np.ndarray, cfg: FlowNetConfig) -> tuple[int, ...]:
     """The training flows' most frequent services (at least min_service_flows flows each)."""
     keys, counts = np.unique(service_keys(X).numpy(), return_counts=True)
-    order = np.argsort(-counts, kind="stable")
+    return learn_services_from_counts(dict(zip(keys.tolist(), counts.tolist())), cfg)
+
+
+def learn_services_from_counts(counts: dict[int, int], cfg: FlowNetConfig) -> tuple[int, ...]:
+    """learn_services from {service key: flows} (a streamed training set counts as it reads)."""
+    keys = np.array(sorted(counts), dtype=np.int64)
+    n = np.array([counts[k] for k in keys], dtype=np.int64)
+    order = np.argsort(-n, kind="stable")
     return tuple(int(keys[i]) for i in order[: cfg.max_services]
-                 if counts[i] >= cfg.min_service_flows)
+                 if n[i] >= cfg.min_service_flows)
 
 
 def log_uniform(n: int, lo: float, hi: float, generator: torch.Generator,

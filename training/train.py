@@ -31,6 +31,7 @@ from semiflow.detector.semiflow import SemiFlowDetector
 from semiflow.detector.semiflow_inference import auroc as _auroc
 from semiflow.detector.semiflow_model import SemiFlowConfig
 from semiflow.detector.threshold import DEFAULT_TARGET_FPR, calibrate_threshold, rates_at
+from semiflow.detector.train_loop import DistContext, FitOptions
 from semiflow.plugin.flowstore import FlowStore
 
 from .dataset import budget_flows, cap_flows_per_file, packet_rows, split_by_file, split_by_time
@@ -185,6 +186,10 @@ def load_parts(extract_dirs: Sequence[str | os.PathLike], max_flows_per_file: in
     return {k: _rows(stores, v) for k, v in parts.items()}, stores
 
 
+def _quiet(msg: str) -> None:
+    """Ranks other than 0 of a DDP job say nothing (rank 0 speaks for the job)."""
+
+
 def _ts(flows: pd.DataFrame, how: str) -> float | None:
     return float(getattr(flows["ts"], how)()) if len(flows) else None
 
@@ -263,17 +268,26 @@ def train(extract_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
           amp: str = "bf16", progress: bool = False, log: Callable[[str], None] = print,
           command: str | None = None, score: str = "classifier",
           max_flows: int | None = DEFAULT_MAX_FLOWS, split: str = "auto",
-          level: str = "flow", exclude_uids: set[str] | None = None) -> dict:
+          level: str = "flow", exclude_uids: set[str] | None = None,
+          batch_size: int | None = None, compile: bool = False, shard_flows: int | None = None,
+          ddp: bool = False, flow_config: str = "default") -> dict:
     """Fit SemiFlow on the normal flows, calibrate the threshold, write the artifact.
 
     level "flow" (default): flow-level SemiFlow on whole flow samples (training/train_flow.py;
     config, amp, score, aggregate and resume apply to the packet level only); "packet": the
-    method's packet-level model scored per packet and aggregated per flow."""
+    method's packet-level model scored per packet and aggregated per flow.
+    batch_size, compile, shard_flows and ddp (under torchrun) apply to the flow level."""
     started = time.perf_counter()
+    dist = DistContext.from_env(device) if ddp else DistContext()
+    if dist.rank != 0:
+        log = _quiet
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if level not in LEVELS:
         raise ValueError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
+    if level == "packet" and (ddp or shard_flows or compile or batch_size):
+        raise ValueError("--ddp, --shard-flows, --compile and --batch-size apply to the flow "
+                         "level (the default) only")
     min_calib = math.ceil(1.0 / target_fpr) if 0 < target_fpr < 1 else 0
     if level == "flow":
         parts, stores = normal_parts(extract_dirs, max_flows, seed, log, max_flows_per_file,
@@ -283,7 +297,9 @@ def train(extract_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
         prov = _provenance(parts, extract_dirs, command, seed, max_flows_per_file, max_flows,
                            split)
         metrics = train_flow(parts, stores, out, epochs=epochs, device=device, seed=seed,
-                             target_fpr=target_fpr, log=log, provenance=prov)
+                             target_fpr=target_fpr, log=log, provenance=prov,
+                             options=FitOptions(batch_size, amp, compile),
+                             shard_flows=shard_flows, dist=dist, flow_config=flow_config)
         return {"out": str(out), "seconds": round(time.perf_counter() - started, 2),
                 **{k: v for k, v in metrics.items() if k != "history"}}
     parts, stores = load_parts(extract_dirs, max_flows_per_file, seed, log, max_flows, split,

@@ -1,0 +1,192 @@
+"""What makes a training step fast on a GPU and correct across GPUs, shared by the stages.
+
+Speed (measured in benchmarks/train_speed.py): large batches with the learning rate scaled by
+sqrt(batch / base batch), warmed up and cosine-decayed so a large batch trains as well as the
+base one; bf16 autocast; fused Adam; no host sync inside an epoch (losses summed on the device).
+Scale: a DistContext (torch.distributed, started by torchrun) gives every rank its slice of
+each shuffled epoch; the global batch, the learning rate and so the result do not depend on
+the world size beyond floating-point order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+AMP = ("bf16", "fp16", "off")
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """How to train (not what: the model's own config holds its sizes and base batch).
+
+    batch_size: the global batch (all ranks together); None = the config's base batch.
+    amp: autocast dtype on CUDA ("off" on CPU always). compile: torch.compile the trained
+    modules. warmup: share of each stage's steps spent warming the learning rate up (only
+    when the batch is larger than the base batch; then the rate decays as a cosine to 10%).
+    """
+
+    batch_size: int | None = None
+    amp: str = "bf16"
+    compile: bool = False
+    warmup: float = 0.05
+    lr_scaling: str = "sqrt"     # or "linear": the rate grows as the batch, not its root
+
+    def __post_init__(self) -> None:
+        if self.amp not in AMP:
+            raise ValueError(f"amp must be one of {', '.join(AMP)}, got {self.amp!r}")
+        if self.batch_size is not None and self.batch_size < 2:
+            raise ValueError("batch size must be >= 2")
+
+
+class DistContext:
+    """One process of a torch.distributed job (torchrun sets RANK, WORLD_SIZE, LOCAL_RANK);
+    a single process is rank 0 of 1 and needs no process group."""
+
+    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0):
+        self.rank, self.world, self.local_rank = rank, world, local_rank
+
+    @classmethod
+    def from_env(cls, device: str | None) -> DistContext:
+        """Join the job torchrun started: NCCL on CUDA, gloo on CPU."""
+        import torch.distributed as dist
+
+        if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+            raise ValueError("--ddp runs under torchrun (e.g. torchrun --nproc-per-node 2 -m "
+                             "semiflow train ... --ddp): RANK/WORLD_SIZE are not set")
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+        if cuda:
+            torch.cuda.set_device(local)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world,
+                                    **({"device_id": torch.device("cuda", local)} if cuda
+                                       else {}))
+        return cls(rank, world, local)
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    def device(self, device: str | None) -> str | None:
+        """A rank's own GPU when the job runs on CUDA."""
+        if device is not None and device.startswith("cuda") and self.active:
+            return f"cuda:{self.local_rank}"
+        return device
+
+    def all_sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.active:
+            import torch.distributed as dist
+            dist.all_reduce(t)
+        return t
+
+    def sync_buffers(self, module: torch.nn.Module) -> None:
+        """Rank 0's buffers (BatchNorm running statistics) everywhere: DDP broadcasts them
+        before each forward, so after the last step every rank holds its own; validation
+        and early stopping must see one model."""
+        if self.active:
+            import torch.distributed as dist
+            for b in module.buffers():
+                dist.broadcast(b, 0)
+
+    def barrier(self) -> None:
+        if self.active:
+            import torch.distributed as dist
+            dist.barrier()
+
+    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
+        """DDP around a module whose parameters this stage trains (a no-op for one rank)."""
+        if not self.active:
+            return module
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        dev = next(module.parameters()).device
+        return DDP(module, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+
+def autocast(device: torch.device, amp: str):
+    """bf16/fp16 autocast on CUDA; nothing elsewhere (CPU autocast is slower here)."""
+    if device.type != "cuda" or amp == "off":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.float16 if amp == "fp16" else torch.bfloat16)
+
+
+def adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
+    """The method's Adam (beta1 0.5); fused into one kernel per step on CUDA."""
+    return torch.optim.Adam(list(params), lr, betas=(0.5, 0.999),
+                            fused=device.type == "cuda")
+
+
+def scaled_lr(base_lr: float, batch: int, base_batch: int, how: str = "sqrt") -> float:
+    """sqrt scaling (Adam): 16x the batch, 4x the rate; "linear": 16x."""
+    ratio = max(batch, 1) / max(base_batch, 1)
+    return base_lr * (ratio if how == "linear" else math.sqrt(ratio))
+
+
+def lr_schedule(opt: torch.optim.Optimizer, total_steps: int, warmup: float,
+                large: bool) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """Linear warm-up then cosine to 10% over the stage, for batches above the base batch;
+    None (constant rate, as the method) at the base batch."""
+    if not large or total_steps < 2:
+        return None
+    warm = max(1, int(round(warmup * total_steps)))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        p = min(1.0, (step - warm) / max(1, total_steps - warm))
+        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * p))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+class InMemoryFlows:
+    """Flow samples already in one tensor (on the training device): an epoch is a seeded
+    permutation; rank r of w takes every w-th flow of it."""
+
+    def __init__(self, X: torch.Tensor):
+        self.X = X
+
+    def __len__(self) -> int:
+        return len(self.X)
+
+    def chunks(self, seed: int, rank: int = 0, world: int = 1, device=None
+               ) -> Iterator[torch.Tensor]:
+        g = torch.Generator(device=self.X.device).manual_seed(seed)
+        order = torch.randperm(len(self.X), generator=g, device=self.X.device)
+        yield self.X[order[rank::world]]
+
+    def passes(self, device=None) -> Iterator[torch.Tensor]:
+        """Every flow once, in order (statistics over the training set)."""
+        for i in range(0, len(self.X), 65536):
+            yield self.X[i:i + 65536]
+
+
+def batches(chunk: torch.Tensor, per_rank: int) -> Iterator[torch.Tensor]:
+    """Consecutive batches of a shuffled chunk; a last batch of one flow is dropped
+    (BatchNorm needs two)."""
+    for i in range(0, len(chunk), per_rank):
+        b = chunk[i:i + per_rank]
+        if len(b) > 1:
+            yield b
+
+
+def steps_per_epoch(n: int, per_rank: int, world: int) -> int:
+    return max(1, math.ceil(math.ceil(n / max(world, 1)) / per_rank))
+
+
+def seed_for(seed: int, *salt: int) -> int:
+    for v in salt:
+        seed = (seed * 1_000_003 + int(v)) % (2 ** 63)
+    return seed
+
+
+def numpy_rng(seed: int, *salt: int) -> np.random.Generator:
+    return np.random.default_rng(seed_for(seed, *salt))

@@ -1,0 +1,139 @@
+"""Training at scale on CPU: DDP (gloo, 2 ranks) agrees across ranks and runs; shards read
+every flow once; the large-batch schedule; the GPU scorer's batch shapes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as tmp
+from shard_memory import build_store
+
+from semiflow.detector.flow_inference import bucket
+from semiflow.detector.semiflow_flowlevel import FlowSemiFlowDetector
+from semiflow.detector.semiflow_flownet import FlowNetConfig
+from semiflow.detector.train_loop import DistContext, FitOptions, lr_schedule, scaled_lr
+from semiflow.plugin.flowstore import FlowStore
+from semiflow.training.dataset import flow_matrix
+from semiflow.training.flow_shards import ShardedFlows
+
+TINY = FlowNetConfig(length=128, k=4, byte_channels=(4, 8), packet_dim=8, hidden=16,
+                     latent_dim=4, flow_blocks=2, flow_hidden=16, epochs=(2, 2, 1),
+                     min_service_flows=5, batch_size=16)
+
+
+def flows(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    X = np.zeros((n, 4, 128), np.uint8)
+    X[:, :, 0] = 0x45
+    X[:, :, 9] = 6
+    X[:, :, 2:4] = rng.integers(0, 4, (n, 4, 2))
+    X[:, 0, 62:64] = [0, 80]
+    X[:, :, 120:128] = rng.integers(0, 255, (n, 4, 8))
+    return X
+
+
+def _rank(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist = DistContext.from_env("cpu")
+    det = FlowSemiFlowDetector(TINY, device="cpu", random_state=0).fit(
+        flows(256), flows(64, 1), options=FitOptions(batch_size=32), dist=dist)
+    state = {f"{m}.{k}": v for m, mod in det._modules().items()
+             for k, v in mod.state_dict().items()}
+    torch.save({"state": state, "history": det.history_,
+                "scores": det.anomaly_score(flows(32, 2))}, f"{out}/rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def _ddp(tmp_path, tag: str) -> list[dict]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / tag
+    out.mkdir()
+    tmp.spawn(_rank, args=(2, port, str(out)), nprocs=2, join=True)
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+
+
+def test_ddp_gloo_ranks_agree_and_repeat(tmp_path):
+    a0, a1 = _ddp(tmp_path, "a")
+    assert a0["state"].keys() == a1["state"].keys()
+    for k in a0["state"]:
+        assert torch.equal(a0["state"][k], a1["state"][k]), k     # one model, two ranks
+    untimed = [[{k: v for k, v in h.items() if k != "seconds"} for h in x["history"]]
+               for x in (a0, a1)]
+    assert untimed[0] == untimed[1]                                # same early stopping
+    assert sum(h["flows"] for h in a0["history"]) == 256 * 4       # both halves trained
+    np.testing.assert_array_equal(a0["scores"], a1["scores"])
+    b0, _ = _ddp(tmp_path, "b")                                    # deterministic given seed
+    for k in a0["state"]:
+        assert torch.equal(a0["state"][k], b0["state"][k]), k
+
+
+def test_ddp_flag_outside_torchrun_is_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    r = subprocess.run([sys.executable, "-m", "semiflow", "train", str(tmp_path), "-o",
+                        str(tmp_path / "m"), "--ddp"], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode != 0
+    assert r.stderr.strip().count("\n") == 0 and "torchrun" in r.stderr, r.stderr
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    d = tmp_path_factory.mktemp("store") / "s"
+    build_store(flows(40), 100, 4, d)
+    return FlowStore.open(d)
+
+
+def test_shards_read_every_flow_once_in_a_seeded_order(store):
+    n = len(store.flows)
+    rows = np.arange(n)
+    src = ShardedFlows([store], np.zeros(n, np.int64), rows, 4, 128, shard_flows=16)
+    whole = flow_matrix([store], np.zeros(n, np.int64), rows, 4, 128)
+    got = torch.cat(list(src.chunks(7))).numpy()
+    order = np.random.default_rng(7).permutation(n)
+    np.testing.assert_array_equal(got, whole[order])
+    parts = [torch.cat(list(src.chunks(7, r, 2))).numpy() for r in (0, 1)]
+    np.testing.assert_array_equal(parts[0], whole[order[0::2]])
+    np.testing.assert_array_equal(parts[1], whole[order[1::2]])
+    np.testing.assert_array_equal(torch.cat(list(src.passes())).numpy(), whole)
+    keys = sum(src.service_counts().values())
+    assert keys == n
+
+
+def test_fit_on_a_streamed_set(store):
+    n = len(store.flows)
+    src = ShardedFlows([store], np.zeros(n, np.int64), np.arange(n), 4, 128, shard_flows=24)
+    det = FlowSemiFlowDetector(TINY, device="cpu", random_state=0).fit(
+        src, flows(32, 1), options=FitOptions(batch_size=16))
+    assert sum(h["flows"] for h in det.history_ if h["stage"] == "flow") == 2 * n
+    assert np.isfinite(det.anomaly_score(flows(8, 3))).all()
+
+
+def test_large_batch_rate_and_schedule():
+    assert scaled_lr(1e-3, 1024, 64) == pytest.approx(4e-3)
+    assert scaled_lr(1e-3, 1024, 64, "linear") == pytest.approx(16e-3)
+    opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], 1.0)
+    assert lr_schedule(opt, 100, 0.05, large=False) is None       # the method's constant rate
+    sched = lr_schedule(opt, 100, 0.1, large=True)
+    rates = []
+    for _ in range(100):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert rates[0] == pytest.approx(0.1) and max(rates) == pytest.approx(1.0)
+    assert rates[-1] == pytest.approx(0.1, abs=0.01)
+    assert all(a <= b for a, b in zip(rates[:10], rates[1:10]))
+
+
+def test_gpu_scorer_batch_shapes():
+    assert [bucket(m, 16384) for m in (1, 64, 65, 1000, 16384, 20000)] == [
+        64, 64, 128, 1024, 16384, 16384]

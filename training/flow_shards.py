@@ -1,0 +1,97 @@
+"""Training flows read from extraction stores shard by shard: data larger than memory.
+
+A week of a busy sensor (~100M flows) does not fit in RAM as dense samples. Every epoch the
+training flows are shuffled globally and cut into shards of `shard_flows`; a shard is read from
+the memory-mapped stores (in store order, for locality), moved to the training device and
+shuffled there, while a background thread reads the next one. Host memory stays at about two
+shards (the one training and the one being read); the stores' file pages this process read
+are dropped after each shard so they do not pile up in its resident set.
+"""
+
+from __future__ import annotations
+
+import mmap
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from semiflow.detector.semiflow_flownet import service_keys
+from semiflow.detector.train_loop import numpy_rng
+from semiflow.plugin.flowstore import FlowStore
+
+from .dataset import flow_matrix
+
+
+class ShardedFlows:
+    """Flow samples uint8[k, length] of the flows (store_of[i], rows[i]), streamed."""
+
+    def __init__(self, stores: list[FlowStore], store_of: np.ndarray, rows: np.ndarray,
+                 k: int, length: int, shard_flows: int):
+        if shard_flows < 2:
+            raise ValueError("shard size must be >= 2 flows")
+        self.stores, self.k, self.length = stores, k, length
+        self.store_of = np.asarray(store_of, np.int64)
+        self.rows = np.asarray(rows, np.int64)
+        self.shard_flows = int(shard_flows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def shard_bytes(self) -> int:
+        return self.shard_flows * self.k * self.length
+
+    def _read(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Dense samples of flows idx (any order), read in store order."""
+        order = np.lexsort((self.rows[idx], self.store_of[idx]))
+        x = flow_matrix(self.stores, self.store_of[idx[order]], self.rows[idx[order]], self.k,
+                        self.length)
+        self._drop_pages()
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        return x, back
+
+    def _drop_pages(self) -> None:
+        """Forget the file pages read so far (they stay in the page cache, not in our RSS)."""
+        for s in self.stores:
+            mm = getattr(s.samples.blob, "_mmap", None)
+            if mm is not None and hasattr(mm, "madvise"):
+                try:
+                    mm.madvise(mmap.MADV_DONTNEED)
+                except (OSError, ValueError):
+                    pass
+
+    def _shards(self, idx: np.ndarray, device) -> Iterator[torch.Tensor]:
+        parts = [idx[i:i + self.shard_flows] for i in range(0, len(idx), self.shard_flows)]
+        if not parts:
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="shard-reader") as pool:
+            nxt = pool.submit(self._read, parts[0])
+            for i in range(len(parts)):
+                x, back = nxt.result()
+                if i + 1 < len(parts):
+                    nxt = pool.submit(self._read, parts[i + 1])
+                t = torch.from_numpy(x).to(device)
+                del x
+                yield t[torch.from_numpy(back).to(device)]  # back in the shuffled order
+                del t
+
+    def chunks(self, seed: int, rank: int = 0, world: int = 1, device=None
+               ) -> Iterator[torch.Tensor]:
+        """One epoch: a global seeded shuffle, rank r of w taking every w-th flow."""
+        order = numpy_rng(seed).permutation(len(self))
+        yield from self._shards(order[rank::world], device or "cpu")
+
+    def passes(self, device=None) -> Iterator[torch.Tensor]:
+        """Every flow once, in store order (statistics over the training set)."""
+        yield from self._shards(np.arange(len(self)), device or "cpu")
+
+    def service_counts(self) -> dict[int, int]:
+        counts: Counter = Counter()
+        for x in self.passes():
+            keys, n = np.unique(service_keys(x).numpy(), return_counts=True)
+            counts.update(dict(zip(keys.tolist(), n.tolist())))
+        return dict(counts)
