@@ -130,7 +130,13 @@ def main() -> int:
     ap.add_argument("--size-gb", type=float, default=2.0)
     ap.add_argument("--corpus", default=str(ROOT.parent / "shared" / "corpus"))
     ap.add_argument("--keep", action="store_true", help="keep the built capture")
+    ap.add_argument("--jobs", default=None, metavar="J,J,...",
+                    help="instead: `semiflow extract --jobs J` over --files captures of "
+                         "--size-gb in all, for each J (the named alternative is J=1)")
+    ap.add_argument("--files", type=int, default=32)
     args = ap.parse_args()
+    if args.jobs:
+        return parallel(args)
     with tempfile.TemporaryDirectory(prefix="semiflow-bench-") as d:
         tmp = Path(d)
         cap = tmp / "big.pcap"
@@ -154,6 +160,37 @@ def main() -> int:
                 p.unlink()
         if args.keep:
             os.replace(cap, "big.pcap")
+    return 0
+
+
+def parallel(args) -> int:
+    """Many captures (a day of rotated files), extracted with 1..J processes."""
+    with tempfile.TemporaryDirectory(prefix="semiflow-bench-") as d:
+        tmp = Path(d)
+        one = tmp / "one.pcap"
+        packets, nbytes = build_capture(Path(args.corpus), one,
+                                        int(args.size_gb * 2**30 / args.files))
+        caps = [tmp / f"cap{i:03d}.pcap" for i in range(args.files)]
+        for c in caps:
+            os.link(one, c)
+        print(f"{args.files} captures of {nbytes / 2**20:.0f} MiB, {packets * args.files:,} "
+              f"packets in all; {os.cpu_count()} CPUs")
+        print("\n| semiflow extract | seconds | packets/s | speed-up |\n|---|---:|---:|---:|")
+        base = None
+        for j in map(int, args.jobs.split(",")):
+            out = tmp / f"out{j}"
+            t = time.perf_counter()
+            r = subprocess.run([sys.executable, "-m", "semiflow", "extract", *map(str, caps),
+                                "-o", str(out), "-q", "--jobs", str(j)], capture_output=True,
+                               text=True)
+            secs = time.perf_counter() - t
+            if r.returncode != 0:
+                print(f"| --jobs {j} | failed: {r.stderr.strip()[-200:]} | | |")
+                continue
+            base = base or secs
+            print(f"| --jobs {j} | {secs:.1f} | {packets * args.files / secs:,.0f} | "
+                  f"{base / secs:.1f}x |", flush=True)
+            subprocess.run(["rm", "-rf", str(out)])
     return 0
 
 

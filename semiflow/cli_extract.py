@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from semiflow.detector.spec import FlowSampleSpec
@@ -45,6 +46,10 @@ def register(sub) -> None:
                         "on without writing a manifest); not with --manifest/--conn-labels")
     p.add_argument("--strict", action="store_true",
                    help="fail on the first skipped packet or unreadable file")
+    p.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
+                   help="scan N captures at a time, one process each (0 = one per core); "
+                        "each capture is then its own flow table, so a flow spanning two "
+                        "files becomes two (default 1: one table across the captures)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_spec_arguments(p)
     p.set_defaults(func=run)
@@ -65,9 +70,19 @@ def run(args: argparse.Namespace) -> int:
                          + (f" ({len(ignored)} other file(s) ignored)" if ignored else ""))
     manifest = Manifest(args.manifest) if args.manifest else None
     conn = ConnLogLabels(args.conn_labels) if args.conn_labels else None
-    report = extract(captures, args.out, spec, manifest=manifest, conn_labels=conn,
-                     strict=args.strict, progress=not args.quiet and sys.stderr.isatty(),
-                     label=args.label)
+    if args.jobs < 0:
+        raise UsageError("--jobs must be >= 0")
+    jobs = min(args.jobs or os.cpu_count() or 1, len(captures))
+    progress = not args.quiet and sys.stderr.isatty()
+    if jobs > 1:
+        from semiflow.training.extract_parallel import extract_parallel
+
+        report = extract_parallel(captures, args.out, spec, jobs, manifest=manifest,
+                                  conn_labels=conn, strict=args.strict, progress=progress,
+                                  label=args.label)
+    else:
+        report = extract(captures, args.out, spec, manifest=manifest, conn_labels=conn,
+                         strict=args.strict, progress=progress, label=args.label)
     if report.packets + report.skipped_total == 0:
         why = "; ".join(f"{p}: {w}" for p, w in report.bad_files[:3])
         raise UsageError(f"nothing read from {len(captures)} capture(s)"
