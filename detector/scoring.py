@@ -133,8 +133,9 @@ def load_scorer(path: str | os.PathLike, device: str | torch.device | None = Non
     whose config fits its weights but not its input (a corrupt length, say) fails here, as
     a ValueError, rather than on every flow of a running service. On CUDA a flow-level model
     scores through detector/flow_inference.py: `amp` "bf16" autocasts its byte encoder and
-    decoder (scores move by ~1e-3 of the threshold: benchmarks/score_speed.py measures how
-    many verdicts flip), `compile` captures it as CUDA graphs."""
+    decoder (on the lab's 39,335 flows it flipped 3 verdicts of the bundled model, median
+    score change 0.039 against a threshold of 15.0: benchmarks/score_speed.py), `compile`
+    captures it as CUDA graphs."""
     scorer = FlowScorer(load_artifact(path), device=device, batch_size=batch_size, amp=amp,
                         compile=compile)
     spec = scorer.spec
