@@ -204,7 +204,7 @@ class SuricataConnector:
         now = self.clock()
         keep = []
         for deadline, rec, first_ts in self.pending:
-            flow = self.index.lookup(rec["community_id"], first_ts)
+            flow = self._suricata_flow(rec, first_ts)
             if flow is not None:
                 rec = dict(rec, flow_id=flow.flow_id)
                 rec = _reorder(rec)
@@ -217,6 +217,18 @@ class SuricataConnector:
             self.counters.records += 1
         self.pending = keep
         self.counters.held = len(keep)
+
+    def _suricata_flow(self, rec: dict, first_ts: float):
+        """Suricata's flow for a record: by community_id, else by the id Suricata < 7.0.12
+        logs for a flow whose two addresses are equal (community_id.suricata_same_host)."""
+        flow = self.index.lookup(rec["community_id"], first_ts)
+        if flow is None and rec["src_ip"] == rec["dest_ip"]:
+            alias = self.ids.suricata_same_host(
+                rec["proto"], rec["src_ip"], rec["dest_ip"], rec["src_port"],
+                rec["dest_port"], 6 if ":" in rec["src_ip"] else 4)
+            if alias is not None:
+                flow = self.index.lookup(alias, first_ts)
+        return flow
 
     def close(self) -> None:
         self.checkpoint()

@@ -67,6 +67,30 @@ def test_community_id_matches_suricata(offline_runs):
     assert n > 50
 
 
+def test_same_address_flows_join_despite_suricata_community_id_bug(corpus_dir, model, tmp_path):
+    """Suricata < 7.0.12 orders the ports of a flow whose two addresses are equal by their
+    byte-swapped value (OISF ticket 5689), so its community_id is not the specification's;
+    the connector still finds Suricata's flow_id for every such flow."""
+    out = tmp_path / "rce"
+    sh.suricata_read(corpus_dir / "pcaps" / "ndpi" / "WebattackRCE.pcap", out)
+    ids = CommunityIds()
+    eve_cids = {r["community_id"] for r in sh.eve_records(out / "eve.json", "flow")}
+    same = [r for r in sh.eve_records(out / "eve.json", "flow") if r["src_ip"] == r["dest_ip"]]
+    conn = sh.connector(model, out, tmp_path / "semiflow.json", None)
+    conn.step(final=True)
+    recs = sh.eve_records(tmp_path / "semiflow.json", "semiflow")
+    loopback = [r for r in recs if r["src_ip"] == r["dest_ip"]]
+    print(f"\n{len(loopback)} same-address flows; {sum('flow_id' in r for r in loopback)} "
+          f"joined; Suricata logged {len(same)}")
+    assert len(loopback) > 400
+    assert all("flow_id" in r for r in recs)
+    # the alias is exactly what this Suricata logs (7.0.10: the bug; >= 7.0.12: no alias)
+    for r in loopback:
+        alias = ids.suricata_same_host(r["proto"], r["src_ip"], r["dest_ip"], r["src_port"],
+                                       r["dest_port"])
+        assert r["community_id"] in eve_cids or alias in eve_cids
+
+
 def test_every_selected_suricata_flow_gets_a_joined_verdict(corpus_dir, offline_runs, model):
     """Coverage: each flow Suricata logged whose raw packets the spec selects has a record."""
     from semiflow.detector.scoring import load_scorer
