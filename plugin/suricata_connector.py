@@ -240,6 +240,9 @@ class SuricataConnector:
              "eve": {k: v for k, v in asdict(self.eve.counters).items()},
              "eve_flows_indexed": len(self.index),
              "packets": int(self.follower.table.st[fs.S_PACKETS]),
+             # out of timestamp order (several Suricata worker threads): flows may be split
+             "late_packets": int(self.follower.table.st[fs.S_LATE]),
+             "max_lag_s": round(int(self.follower.table.st[fs.S_MAX_LAG_US]) / 1e6, 3),
              "live_flows": self.follower.table.live_flows,
              "problems": self.follower.problems[:10]}
         if self.feeder is not None:

@@ -147,5 +147,10 @@ def _summary(rep: dict, out: Path, file) -> None:
               f"refreshed, {d['rate_limited']} rate-limited, {d['socket_errors']} socket "
               f"errors, {d['refused']} refused, {d.get('below_min', 0)} flags below "
               "--min-flags", file=file)
+    if rep.get("late_packets"):
+        print(f"  note: pcap-log is out of timestamp order: {rep['late_packets']} packets "
+              f"came up to {rep['max_lag_s']:.1f} s behind newer ones (several Suricata "
+              "worker threads share the file), so some flows ended early and were split; "
+              "offline, run suricata -r with --runmode single (docs/suricata.md)", file=file)
     for line in rep["problems"]:
         print(f"  note: {line}", file=file)
