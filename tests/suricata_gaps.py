@@ -38,9 +38,9 @@ CAUSES = {
                        "timeout: pcap-log was written out of timestamp order (several Suricata "
                        "worker threads share one file), the capture clock ran ahead and ended "
                        "the flow early",
-    "merged": "no pcap-log flow starts inside it: its packets went into the pcap-log flow "
-              "before it on the same 5-tuple, which had missed the close (FIN/RST) that ended "
-              "the raw flow (here: after a split_reordered)",
+    "merged": "(some of) its packets went into the pcap-log flow before it on the same "
+              "5-tuple: that flow, a piece of a split_reordered one, had not seen the close "
+              "(FIN/RST) or the SYN that ended the raw flow before it",
     "stream_depth": "a direction reached stream.reassembly.depth within the sampled packets: "
                     "Suricata logs no further packet of the flow, either direction",
     "app_layer_failed": "Suricata's protocol detection failed (eve app_proto 'failed') and no "
@@ -294,13 +294,16 @@ def compare(raw: list[Flow], log: list[Flow], depth: int, eve: dict,
     log_by_key: dict[tuple, list[Flow]] = {}
     for f in log:
         log_by_key.setdefault(f.key, []).append(f)
+    reordered = order[0] > 0
     for f in raw:
         got = inside.get(id(f), [])
-        if got:
-            bd.extra_log_flows += len(got) - 1
-            cause = classify(f, got, depth, eve, reordered=order[0] > 0)
-        elif any(g.ts < f.ts and g.end >= f.ts - 1e-6 for g in log_by_key.get(f.key, [])):
+        bd.extra_log_flows += max(len(got) - 1, 0)
+        spilled = any(g.ts < f.ts - 1e-6 and g.end >= f.ts - 1e-6
+                      for g in log_by_key.get(f.key, []))
+        if spilled and reordered:
             cause = "merged"
+        elif got:
+            cause = classify(f, got, depth, eve, reordered)
         else:
             bd.missing += 1
             continue

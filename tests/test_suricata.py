@@ -179,7 +179,6 @@ def test_multithreaded_pcap_log_splits_are_reordering(corpus_dir, model, depth, 
     print("\n" + "\n".join(bd.lines()) + f"\nconnector: {rep['late_packets']} late packets, "
           f"up to {rep['max_lag_s']} s")
     assert bd.unexplained == 0, bd.examples.get("unexplained")
-    assert bd.log_flows == bd.raw_flows + bd.extra_log_flows - bd.outcomes["merged"]
     if bd.outcomes["split_reordered"]:
         assert bd.late_packets > 0
     if bd.max_lag > 1.0:     # the kernel counts packets more than 1 s behind the clock
