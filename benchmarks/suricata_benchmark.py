@@ -6,9 +6,14 @@ not overlap, repeated) is
   2. replayed through `suricata -r` with suricata/semiflow.yaml while `semiflow suricata
      --follow` runs on its pcap-log + eve.json (lag: how long after Suricata exits the
      connector has written its last record; share of records out before Suricata exited);
-  3. scored by `semiflow suricata` offline on Suricata's finished output (flows/s).
+  3. scored by `semiflow suricata` offline on Suricata's finished output (flows/s);
+  4. with --gaps: the per-flow breakdown of how the two paths' flows differ, by cause
+     (tests/suricata_gaps.py; docs/suricata.md "pcap-log vs the raw capture").
 
-    python benchmarks/suricata_benchmark.py [--model DIR] [--repeat 2] [--device cpu]
+    python benchmarks/suricata_benchmark.py [--model DIR] [--repeat 2] [--device cpu] [--gaps]
+    python benchmarks/suricata_benchmark.py --gaps-only [--runmode autofp]   # breakdown only
+    python benchmarks/suricata_benchmark.py --gaps-ndpi 12   # the 12 largest nDPI captures
+    (--config / --rules: another Suricata configuration, e.g. an older suricata/semiflow.yaml)
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import dpkt
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+import suricata_gaps as gaps  # noqa: E402
 import suricata_helpers as sh  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "corpus"
@@ -82,7 +88,26 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--work", default="/tmp/semiflow-suricata-bench")
+    ap.add_argument("--runmode", default="single",
+                    help="suricata -r's runmode (default single, as docs/suricata.md says "
+                         "offline; autofp: several worker threads, pcap-log out of order)")
+    ap.add_argument("--gaps", action="store_true",
+                    help="also print the per-flow breakdown of raw vs pcap-log flows by cause")
+    ap.add_argument("--gaps-only", action="store_true",
+                    help="only suricata -r and the breakdown (no scoring, no replay timing)")
+    ap.add_argument("--gaps-ndpi", type=int, default=0, metavar="N",
+                    help="only the breakdown, summed over the N largest nDPI captures, each "
+                         "through its own suricata -r, for the k=8 'all' and k=4 'payload' "
+                         "specs")
+    ap.add_argument("--config", default=str(sh.CONFIG), help="suricata.yaml (default shipped)")
+    ap.add_argument("--rules", default=str(sh.RULES), help="rules (default shipped)")
     args = ap.parse_args()
+    sur_cmd = ["suricata", "-c", args.config, "-S", args.rules, "-k", "none",
+               "--runmode", args.runmode]
+    depth = gaps.suricata_depth(Path(args.config))
+    if args.gaps_ndpi:
+        gaps_ndpi(args.gaps_ndpi, Path(args.work) / f"ndpi-{args.runmode}", sur_cmd, depth)
+        return
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     model = Path(args.model) if args.model else ROOT / "semiflow" / "data" / "model"
@@ -99,6 +124,14 @@ def main() -> None:
     print(f"capture {cap} ({size / 1e6:.1f} MB{f', {n} packets' if n else ''}); "
           f"model {model}; device {args.device}", flush=True)
     sf = [sys.executable, "-m", "semiflow"]
+    if args.gaps_only:
+        out = work / f"gaps-{args.runmode}"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir()
+        t_sur, _ = timed(sur_cmd + ["-r", str(cap), "-l", str(out)])
+        print(f"suricata -r --runmode {args.runmode}: {t_sur:.1f} s")
+        print_gaps(cap, out, model, depth)
+        return
 
     # 1. offline semiflow score on the raw capture
     out1 = work / "score"
@@ -121,8 +154,8 @@ def main() -> None:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(8.0)   # let the connector import torch and load the model first
     t0 = time.perf_counter()
-    sur = subprocess.run(["suricata", "-c", str(sh.CONFIG), "-S", str(sh.RULES), "-r", str(cap),
-                          "-l", str(live), "-k", "none"], capture_output=True, text=True)
+    sur = subprocess.run(sur_cmd + ["-r", str(cap), "-l", str(live)], capture_output=True,
+                         text=True)
     t_sur = time.perf_counter() - t0
     at_exit = count_lines(out2)
     last_n, last_change = at_exit, time.perf_counter()
@@ -159,6 +192,41 @@ def main() -> None:
           f"{at_exit} ({at_exit / max(total, 1):.0%}) written before Suricata exited; last "
           f"record {lag:.1f} s after Suricata exited (includes --idle-exit {idle:.0f} s "
           f"and --join-wait 5 s for flows still open at the end)")
+    if rep3.get("late_packets"):
+        print(f"pcap-log out of timestamp order: {rep3['late_packets']} packets up to "
+              f"{rep3['max_lag_s']:.0f} s behind (--runmode {args.runmode})")
+    if args.gaps:
+        print_gaps(cap, live, model, depth)
+
+
+def print_gaps(cap: Path, sur_out: Path, model: Path, depth: int) -> None:
+    """The two paths' flows joined per flow, every difference by cause (model's spec)."""
+    from semiflow.detector.scoring import load_scorer
+    spec = load_scorer(model, device="cpu").spec
+    bd = gaps.explain(cap, sur_out, spec, depth=depth)
+    print(f"per-flow breakdown (k={spec.k}, l={spec.l}, selection {spec.selection}):")
+    print("\n".join(bd.lines()))
+
+
+def gaps_ndpi(n: int, work: Path, sur_cmd: list[str], depth: int) -> None:
+    """The breakdown over the n largest nDPI captures (README's '12 largest' figure)."""
+    from semiflow.detector.spec import FlowSampleSpec
+    files = sorted((CORPUS / "pcaps" / "ndpi").iterdir(), key=lambda p: -p.stat().st_size)[:n]
+    specs = [FlowSampleSpec(k=8, l=256, selection="all"),
+             FlowSampleSpec(k=4, l=256, selection="payload")]
+    totals = [gaps.Breakdown() for _ in specs]
+    shutil.rmtree(work, ignore_errors=True)
+    for p in files:
+        out = work / p.stem
+        out.mkdir(parents=True)
+        timed(sur_cmd + ["-r", str(p), "-l", str(out)])
+        for spec, tot in zip(specs, totals):
+            tot.add(gaps.explain(p, out, spec, depth=depth))
+    print(f"{n} largest nDPI captures ({', '.join(p.name for p in files)}); "
+          f"{' '.join(sur_cmd[1:])}")
+    for spec, tot in zip(specs, totals):
+        print(f"per-flow breakdown (k={spec.k}, l={spec.l}, selection {spec.selection}):")
+        print("\n".join(tot.lines()))
 
 
 if __name__ == "__main__":

@@ -44,6 +44,25 @@ class CommunityIds:
             raise ValueError(f"community id: unknown protocol {proto!r}")
         return self._cid.calc(_tuple(p, ip_version, src, dst, int(sport), int(dport)))
 
+    def suricata_same_host(self, proto: int | str, src: str, dst: str, sport: int,
+                           dport: int, ip_version: int = 4) -> str | None:
+        """The id Suricata before 7.0.12 / 8.0.1 logs for a TCP/UDP flow with src == dst.
+
+        Those versions order the two ports of a same-address flow by their network-byte-order
+        value read as a host integer (OISF ticket 5689), so their community_id differs from
+        the specification's whenever the byte-swapped order differs. None when src != dst or
+        the two ids agree; the connector uses it only to find Suricata's flow_id.
+        """
+        p = _PROTO_NUM.get(proto.lower(), -1) if isinstance(proto, str) else int(proto)
+        if src != dst or p not in (6, 17, 132) or sport == dport:
+            return None
+        swapped = int(sport).to_bytes(2, "big")[::-1] > int(dport).to_bytes(2, "big")[::-1]
+        if swapped:
+            sport, dport = dport, sport
+        tpl = _tuple(p, ip_version, src, dst, int(sport), int(dport)).in_nbo()
+        legacy = self._cid.render(self._cid.hash(tpl))
+        return None if legacy == self.one(p, src, dst, sport, dport, ip_version) else legacy
+
     def many(self, protos: Iterable, srcs: Iterable[str], dsts: Iterable[str],
              sports: Iterable[int], dports: Iterable[int],
              ip_versions: Iterable[int] | None = None) -> list[str]:

@@ -31,7 +31,12 @@ O_DATA, R_DATA = 256, 512
 # Scalar state (FlowTable.st).
 S_POS, S_NOUT, S_SLOT_TOP, S_POOL_TOP, S_SEQ, S_PACKETS, S_NIF = 0, 1, 2, 3, 4, 5, 6
 S_LINKTYPE, S_SWAP, S_NSEC = 7, 8, 9
-NS = 10
+# Packets older than the capture clock by more than LATE_S, and the largest such lag (us):
+# input out of timestamp order (e.g. Suricata's pcap-log written by several worker threads)
+# ends flows early, since the clock that times them out ran ahead.
+S_LATE, S_MAX_LAG_US = 10, 11
+NS = 12
+LATE_S = 1.0
 # Float scalar state (FlowTable.fst).
 FS_LAST_SWEEP, FS_NOW, FS_LAST_TS = 0, 1, 2
 # Config (FlowTable.cfg): K, selection code, mask bits, max caplen.
@@ -119,6 +124,11 @@ def _packet(buf, a, b, linktype, ts, wlen, info, ints, tss, sel, sdir, spts, spl
     """One frame: parse, find or open its flow, count it, keep its bytes if selected."""
     if ts > fst[FS_NOW]:  # capture time advances with every record, as Zeek's network time
         fst[FS_NOW] = ts
+    elif fst[FS_NOW] - ts > LATE_S:
+        st[S_LATE] += 1
+        lag = np.int64((fst[FS_NOW] - ts) * 1e6)
+        if lag > st[S_MAX_LAG_US]:
+            st[S_MAX_LAG_US] = lag
     reason = fr.parse_frame(buf, a, b, linktype, info)
     if reason != fr.OK:
         skips[reason] += 1

@@ -232,6 +232,9 @@ def restore_table(spec: FlowSampleSpec, snap: dict[str, np.ndarray], **kw) -> Fl
         t.keys[key] = s
     t.st[fs.S_SEQ] = snap["st"][fs.S_SEQ]
     t.st[fs.S_PACKETS] = snap["st"][fs.S_PACKETS]
+    if len(snap["st"]) > fs.S_MAX_LAG_US:   # checkpoints from before the late counters lack them
+        t.st[fs.S_LATE] = snap["st"][fs.S_LATE]
+        t.st[fs.S_MAX_LAG_US] = snap["st"][fs.S_MAX_LAG_US]
     t.fst[:] = snap["fst"]
     t.skips[:] = snap["skips"]
     return t

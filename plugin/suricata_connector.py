@@ -204,7 +204,7 @@ class SuricataConnector:
         now = self.clock()
         keep = []
         for deadline, rec, first_ts in self.pending:
-            flow = self.index.lookup(rec["community_id"], first_ts)
+            flow = self._suricata_flow(rec, first_ts)
             if flow is not None:
                 rec = dict(rec, flow_id=flow.flow_id)
                 rec = _reorder(rec)
@@ -218,6 +218,18 @@ class SuricataConnector:
         self.pending = keep
         self.counters.held = len(keep)
 
+    def _suricata_flow(self, rec: dict, first_ts: float):
+        """Suricata's flow for a record: by community_id, else by the id Suricata < 7.0.12
+        logs for a flow whose two addresses are equal (community_id.suricata_same_host)."""
+        flow = self.index.lookup(rec["community_id"], first_ts)
+        if flow is None and rec["src_ip"] == rec["dest_ip"]:
+            alias = self.ids.suricata_same_host(
+                rec["proto"], rec["src_ip"], rec["dest_ip"], rec["src_port"],
+                rec["dest_port"], 6 if ":" in rec["src_ip"] else 4)
+            if alias is not None:
+                flow = self.index.lookup(alias, first_ts)
+        return flow
+
     def close(self) -> None:
         self.checkpoint()
         self._out.close()
@@ -228,6 +240,9 @@ class SuricataConnector:
              "eve": {k: v for k, v in asdict(self.eve.counters).items()},
              "eve_flows_indexed": len(self.index),
              "packets": int(self.follower.table.st[fs.S_PACKETS]),
+             # out of timestamp order (several Suricata worker threads): flows may be split
+             "late_packets": int(self.follower.table.st[fs.S_LATE]),
+             "max_lag_s": round(int(self.follower.table.st[fs.S_MAX_LAG_US]) / 1e6, 3),
              "live_flows": self.follower.table.live_flows,
              "problems": self.follower.problems[:10]}
         if self.feeder is not None:

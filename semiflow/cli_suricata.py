@@ -147,5 +147,11 @@ def _summary(rep: dict, out: Path, file) -> None:
               f"refreshed, {d['rate_limited']} rate-limited, {d['socket_errors']} socket "
               f"errors, {d['refused']} refused, {d.get('below_min', 0)} flags below "
               "--min-flags", file=file)
+    if rep.get("late_packets"):
+        print(f"  note: {rep['late_packets']} pcap-log packets came more than 1 s behind the "
+              f"capture clock (up to {rep['max_lag_s']:.1f} s): several Suricata worker "
+              "threads share the file, or (--follow) packets were written later than the idle "
+              "clock assumed; flows may have ended early and been split. Offline, run "
+              "suricata -r with --runmode single (docs/suricata.md)", file=file)
     for line in rep["problems"]:
         print(f"  note: {line}", file=file)

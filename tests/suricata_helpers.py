@@ -54,9 +54,11 @@ def train_small_model(corpus_dir: Path, out: Path, k: int = 4, l: int = 256) -> 
 
 
 def suricata_read(pcap: Path, out: Path, *extra: str) -> None:
+    """suricata -r as docs/suricata.md says to run it offline: --runmode single, so that
+    pcap-log is in capture order (later `extra` options win)."""
     out.mkdir(parents=True, exist_ok=True)
     res = subprocess.run(["suricata", "-c", str(CONFIG), "-S", str(RULES), "-r", str(pcap),
-                          "-l", str(out), "-k", "none", *extra],
+                          "-l", str(out), "-k", "none", "--runmode", "single", *extra],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
 
