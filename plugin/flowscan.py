@@ -14,6 +14,9 @@ import numpy as np
 from numba import njit
 
 from semiflow.detector import frame as fr
+from semiflow.detector import tunnel as tn
+
+from . import ipfrag as ipf
 
 # Per-flow integer fields (rows of FlowTable.ints and of the output buffer).
 K_AHI, K_ALO, K_BHI, K_BLO, K_PORTS, K_PROTO = 0, 1, 2, 3, 4, 5
@@ -38,6 +41,12 @@ FS_LAST_SWEEP, FS_NOW, FS_LAST_TS = 0, 1, 2
 C_K, C_SELECT, C_MASK, C_MAXCAP = 0, 1, 2, 3
 # Timeouts (FlowTable.tmo), seconds: Zeek's defaults.
 T_TCP, T_UDP, T_ICMP, T_CLOSE, T_SWEEP = 0, 1, 2, 3, 4
+
+# Informational counters (FlowTable.notes): what tunnels and reassembly added.
+N_DECAP, N_FRAG_DGRAMS, N_FRAG_PIECES, N_INNER_SKIPPED = 0, 1, 2, 3
+NOTES = ("packets decapsulated into a tunnelled flow", "IP datagrams reassembled",
+         "IP fragments in reassembled datagrams",
+         "UDP tunnel packets whose inner packet was not usable (outer flow kept them)")
 
 # Return codes of the scan kernels.
 R_NEED_DATA = 0      # consumed every complete record; give more bytes (or finish)
@@ -113,17 +122,10 @@ def _sweep(now, final, ints, tss, sel, sdir, spts, splen, sext, pool, pool_free,
 
 
 @njit(cache=True)
-def _packet(buf, a, b, linktype, ts, wlen, info, ints, tss, sel, sdir, spts, splen, sext, pool,
-            pool_free, slot_free, keys, oints, otss, odata, odir, opts, oplen, oext, st, fst, cfg,
-            tmo, skips):
-    """One frame: parse, find or open its flow, count it, keep its bytes if selected."""
-    if ts > fst[FS_NOW]:  # capture time advances with every record, as Zeek's network time
-        fst[FS_NOW] = ts
-    reason = fr.parse_frame(buf, a, b, linktype, info)
-    if reason != fr.OK:
-        skips[reason] += 1
-        return
-    st[S_PACKETS] += 1
+def _flow(buf, info, ts, wlen, sample, ints, tss, sel, sdir, spts, splen, sext, pool, pool_free,
+          slot_free, keys, oints, otss, odata, odir, opts, oplen, oext, st, cfg, tmo):
+    """One parsed IP level: find or open its flow, count it, keep its bytes if selected (and
+    `sample`). Returns the flow's slot."""
     proto = info[fr.F_PROTO]
     shi, slo, dhi, dlo = info[fr.F_SRC_HI], info[fr.F_SRC_LO], info[fr.F_DST_HI], info[fr.F_DST_LO]
     sp, dp = info[fr.F_SPORT], info[fr.F_DPORT]
@@ -211,7 +213,7 @@ def _packet(buf, a, b, linktype, ts, wlen, info, ints, tss, sel, sdir, spts, spl
         tss[s, 1] = ts
 
     n = ints[s, I_NSEL]
-    if n < cfg[C_K] and (cfg[C_SELECT] == 1 or pay > 0):
+    if sample and n < cfg[C_K] and (cfg[C_SELECT] == 1 or pay > 0):
         st[S_POOL_TOP] -= 1
         p = pool_free[st[S_POOL_TOP]]
         sext[s, n] = fr.write_sample_row(buf, info, pool[p], cfg[C_MASK], False)
@@ -220,6 +222,122 @@ def _packet(buf, a, b, linktype, ts, wlen, info, ints, tss, sel, sdir, spts, spl
         spts[s, n] = ts
         splen[s, n] = wlen
         ints[s, I_NSEL] = n + 1
+    return s
+
+
+@njit(cache=True)
+def _packet(buf, a, b, linktype, ts, wlen, info, ints, tss, sel, sdir, spts, splen, sext, pool,
+            pool_free, slot_free, keys, oints, otss, odata, odir, opts, oplen, oext, st, fst, cfg,
+            tmo, skips, fints, fts, fdata, fmask, notes):
+    """One frame: parse it, reassemble it if it is a fragment, and hand every IP level Zeek
+    would make a connection of to _flow, descending through the tunnels Zeek decapsulates
+    (detector/tunnel.py). A reassembled datagram counts in its flow but takes no sample row:
+    Zeek gives scripts only its last piece's frame, so the live path cannot have its bytes
+    (docs/flow-sample-spec.md)."""
+    if ts > fst[FS_NOW]:  # capture time advances with every record, as Zeek's network time
+        fst[FS_NOW] = ts
+    reason = fr.parse_frame(buf, a, b, linktype, info)
+    if reason == fr.OK and info[fr.F_FRAG] == 0 and (
+            info[fr.F_PROTO] != fr.PROTO_UDP or not _maybe_udp_tunnel(info)):
+        # The common case, kept free of the tunnel and fragment machinery.
+        st[S_PACKETS] += 1
+        _flow(buf, info, ts, wlen, True, ints, tss, sel, sdir, spts, splen, sext, pool,
+              pool_free, slot_free, keys, oints, otss, odata, odir, opts, oplen, oext, st, cfg,
+              tmo)
+        return
+    _levels(buf, a, b, ts, wlen, reason, info, ints, tss, sel, sdir, spts, splen, sext, pool,
+            pool_free, slot_free, keys, oints, otss, odata, odir, opts, oplen, oext, st, cfg,
+            tmo, skips, fints, fts, fdata, fmask, notes)
+
+
+@njit(cache=True, inline="always")
+def _maybe_udp_tunnel(info):
+    sp, dp = info[fr.F_SPORT], info[fr.F_DPORT]
+    return sp == tn.PORT_VXLAN or dp == tn.PORT_VXLAN or sp == tn.PORT_GENEVE or \
+        dp == tn.PORT_GENEVE or sp == tn.PORT_TEREDO or dp == tn.PORT_TEREDO or \
+        sp == tn.PORT_GRE or dp == tn.PORT_GRE
+
+
+@njit(cache=True)
+def _levels(buf, a, b, ts, wlen, reason, info, ints, tss, sel, sdir, spts, splen, sext, pool,
+            pool_free, slot_free, keys, oints, otss, odata, odir, opts, oplen, oext, st, cfg,
+            tmo, skips, fints, fts, fdata, fmask, notes):
+    """The slow path of _packet: fragments and tunnels, level by level."""
+    cur = buf
+    held = np.full(tn.MAX_DEPTH + 1, -1, np.int64)  # reassembly slots to release at the end
+    nheld = 0
+    used = False        # some level's flow has the frame
+    pieces = 1          # frames this packet stands for (a reassembled datagram: its pieces)
+    sample = True
+    depth = 0
+    while True:
+        if info[fr.F_FRAG] != 0:
+            if not ipf.whole(cur, info):
+                # Partly captured: Zeek drops a non-first piece, analyses a first one as is.
+                if info[fr.F_FRAG_OFF] != 0:
+                    if not used:
+                        skips[fr.SKIP_FRAGMENT] += 1
+                    break
+            else:
+                outcome, fs_ = ipf.add(cur, info, ts, used, fints, fts, fdata, fmask, skips)
+                if outcome != ipf.COMPLETE:
+                    break  # held for later, or counted as bad
+                held[nheld] = fs_
+                nheld += 1
+                if not used:
+                    pieces = fints[fs_, ipf.FI_UNCOUNTED]
+                notes[N_FRAG_DGRAMS] += 1
+                notes[N_FRAG_PIECES] += fints[fs_, ipf.FI_PIECES]
+                da, db = ipf.datagram(fints, fs_)
+                if depth == 0:  # as Zeek: the link header plus the datagram (IP.cc)
+                    wlen = info[fr.F_L3OFF] - a + db - da
+                cur = fdata[fs_]
+                reason = fr.parse_ip(cur, da, db, info)
+                info[fr.F_FRAG] = 0
+                sample = False
+        if reason == fr.OK:
+            s = _flow(cur, info, ts, wlen, sample, ints, tss, sel, sdir, spts, splen, sext,
+                      pool, pool_free, slot_free, keys, oints, otss, odata, odir, opts, oplen,
+                      oext, st, cfg, tmo)
+            if not used:
+                st[S_PACKETS] += pieces
+                used = True
+            if depth > 0:
+                notes[N_DECAP] += 1
+            if info[fr.F_PROTO] != fr.PROTO_UDP:
+                break
+            start, lt, r = tn.tunnel_inner(cur, info, ints[s, I_RESP_P])
+            if start < 0:
+                if r != fr.OK:
+                    notes[N_INNER_SKIPPED] += 1
+                break
+            if depth >= tn.MAX_DEPTH:
+                notes[N_INNER_SKIPPED] += 1
+                break
+        elif reason == fr.SKIP_UNTRACKED_PROTO:
+            start, lt, r = tn.tunnel_inner(cur, info, tn.ANY_PORT)
+            if start >= 0 and depth >= tn.MAX_DEPTH:
+                r = fr.SKIP_TUNNEL_DEPTH
+                start = -1
+            if start < 0:
+                if r == fr.OK:
+                    r = reason  # not a tunnel: an IP protocol Zeek makes no connection of
+                if used:
+                    notes[N_INNER_SKIPPED] += 1
+                else:
+                    skips[r] += pieces
+                break
+        else:
+            if used:
+                notes[N_INNER_SKIPPED] += 1
+            else:
+                skips[reason] += pieces
+            break
+        end = info[fr.F_IPEND]
+        reason = tn.parse_inner(cur, start, lt, end, info)
+        depth += 1
+    for i in range(nheld):
+        ipf.release(held[i], fints, fmask)
 
 
 @njit(cache=True, inline="always")
@@ -252,7 +370,7 @@ def _room(ints, pool, oints, st):
 @njit(cache=True)
 def scan_pcap(buf, n, final, info, ints, tss, sel, sdir, spts, splen, sext, pool, pool_free,
               slot_free, keys, oints, otss, odata, odir, opts, oplen, oext, st, fst, cfg, tmo,
-              skips):
+              skips, fints, fts, fdata, fmask, notes):
     """Walk classic-pcap records in buf[st[S_POS]:n] (the 24-byte file header already read)."""
     swap = st[S_SWAP]
     scale = 1e-9 if st[S_NSEC] else 1e-6
@@ -284,7 +402,7 @@ def scan_pcap(buf, n, final, info, ints, tss, sel, sdir, spts, splen, sext, pool
         wlen = _rd32(buf, pos + 12, swap)
         _packet(buf, pos + 16, pos + 16 + caplen, linktype, ts, wlen, info, ints, tss, sel,
                 sdir, spts, splen, sext, pool, pool_free, slot_free, keys, oints, otss, odata,
-                odir, opts, oplen, oext, st, fst, cfg, tmo, skips)
+                odir, opts, oplen, oext, st, fst, cfg, tmo, skips, fints, fts, fdata, fmask, notes)
         pos += 16 + caplen
     if final and pos < n:
         skips[fr.SKIP_TRUNCATED_RECORD] += 1
@@ -296,7 +414,7 @@ def scan_pcap(buf, n, final, info, ints, tss, sel, sdir, spts, splen, sext, pool
 @njit(cache=True)
 def scan_pcapng(buf, n, final, info, if_link, if_res, ints, tss, sel, sdir, spts, splen, sext,
                 pool, pool_free, slot_free, keys, oints, otss, odata, odir, opts, oplen, oext, st,
-                fst, cfg, tmo, skips):
+                fst, cfg, tmo, skips, fints, fts, fdata, fmask, notes):
     """Walk pcapng blocks in buf[st[S_POS]:n]: SHB, IDB, EPB, SPB and the obsolete PB."""
     pos = st[S_POS]
     while True:
@@ -366,7 +484,8 @@ def scan_pcapng(buf, n, final, info, if_link, if_res, ints, tss, sel, sdir, spts
                 ts = raw * if_res[ifid]
                 _packet(buf, pos + 28, pos + 28 + caplen, if_link[ifid], ts, wlen, info, ints,
                         tss, sel, sdir, spts, splen, sext, pool, pool_free, slot_free, keys, oints,
-                        otss, odata, odir, opts, oplen, oext, st, fst, cfg, tmo, skips)
+                        otss, odata, odir, opts, oplen, oext, st, fst, cfg, tmo, skips, fints, fts,
+                        fdata, fmask, notes)
         elif btype == 3:  # Simple Packet Block: interface 0, no timestamp
             wlen = _rd32(buf, pos + 8, swap)
             caplen = min(wlen, blen - 16)
@@ -375,7 +494,8 @@ def scan_pcapng(buf, n, final, info, if_link, if_res, ints, tss, sel, sdir, spts
             else:
                 _packet(buf, pos + 12, pos + 12 + caplen, if_link[0], fst[FS_NOW], wlen, info,
                         ints, tss, sel, sdir, spts, splen, sext, pool, pool_free, slot_free, keys,
-                        oints, otss, odata, odir, opts, oplen, oext, st, fst, cfg, tmo, skips)
+                        oints, otss, odata, odir, opts, oplen, oext, st, fst, cfg, tmo, skips,
+                        fints, fts, fdata, fmask, notes)
         pos += blen
     if final and pos < n:
         skips[fr.SKIP_TRUNCATED_RECORD] += 1
