@@ -269,6 +269,7 @@ def _levels(buf, a, b, ts, wlen, reason, info, ints, tss, sel, sdir, spts, splen
     used = False        # some level's flow has the frame
     pieces = 1          # frames this packet stands for (a reassembled datagram: its pieces)
     sample = True
+    decap = False       # a flow inside a tunnel has the frame
     depth = 0
     while True:
         if info[fr.F_FRAG] != 0:
@@ -303,7 +304,7 @@ def _levels(buf, a, b, ts, wlen, reason, info, ints, tss, sel, sdir, spts, splen
                 st[S_PACKETS] += pieces
                 used = True
             if depth > 0:
-                notes[N_DECAP] += 1
+                decap = True
             if info[fr.F_PROTO] != fr.PROTO_UDP:
                 break
             start, lt, r = tn.tunnel_inner(cur, info, ints[s, I_RESP_P])
@@ -336,6 +337,8 @@ def _levels(buf, a, b, ts, wlen, reason, info, ints, tss, sel, sdir, spts, splen
         end = info[fr.F_IPEND]
         reason = tn.parse_inner(cur, start, lt, end, info)
         depth += 1
+    if decap:
+        notes[N_DECAP] += 1
     for i in range(nheld):
         ipf.release(held[i], fints, fmask)
 
