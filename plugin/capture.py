@@ -167,7 +167,6 @@ class FlowTable:
         self.if_link = np.zeros(64, np.int64)
         self.if_res = np.zeros(64, np.float64)
         self.frags = ipfrag.FragTable()
-        self.notes = np.zeros(len(fs.NOTES), np.int64)
 
     @property
     def live_flows(self) -> int:
@@ -224,7 +223,7 @@ class FlowTable:
         self.st[fs.S_NIF] = 0
         self.fst[:] = 0.0
         self.skips[:] = 0
-        self.notes[:] = 0
+        self.st[fs.S_NOTE0:] = 0
 
     def scan(self, buf: np.ndarray, n: int, final: bool, pcapng: bool) -> Iterator[FlowBatch]:
         """Consume complete records of buf[:n]; yields finished flows as the buffer fills."""
@@ -232,11 +231,10 @@ class FlowTable:
             if pcapng:
                 code = fs.scan_pcapng(buf, n, final, self.info, self.if_link, self.if_res,
                                       *self._state(), self.fst, self.cfg, self.tmo, self.skips,
-                                      *self.frags.state(), self.notes)
+                                      *self.frags.state())
             else:
                 code = fs.scan_pcap(buf, n, final, self.info, *self._state(), self.fst,
-                                    self.cfg, self.tmo, self.skips, *self.frags.state(),
-                                    self.notes)
+                                    self.cfg, self.tmo, self.skips, *self.frags.state())
             if code == fs.R_NEED_DATA:
                 return
             if code == fs.R_OUT_FULL:
@@ -254,8 +252,8 @@ class FlowTable:
                 raise BadRecord(int(self.st[fs.S_POS]))
 
     def finish(self) -> Iterator[FlowBatch]:
-        ints, _, _, mask = self.frags.state()
-        ipfrag.give_up_all(ints, mask, self.skips)  # datagrams still missing a piece
+        # Datagrams still missing a piece never complete.
+        ipfrag.give_up_all(*self.frags.state(), self.keys, self.skips)
         while fs.finish(*self._state(), self.tmo) == fs.R_OUT_FULL:
             batch = self.take_output()
             if batch is not None:
@@ -363,7 +361,7 @@ def scan_capture(path: str | os.PathLike, table: FlowTable, report: ScanReport,
         skipped = {fr.SKIP_REASONS[i]: int(c) for i, c in enumerate(table.skips) if i and c}
         for reason, c in skipped.items():
             report.add_skip(reason, c)
-        decoded = {fs.NOTES[i]: int(c) for i, c in enumerate(table.notes) if c}
+        decoded = {fs.NOTES[i]: int(c) for i, c in enumerate(table.st[fs.S_NOTE0:]) if c}
         for what, c in decoded.items():
             report.add_decoded(what, c)
         report.per_file.append({"file": str(path), "packets": used, "skipped": skipped,

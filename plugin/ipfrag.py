@@ -27,29 +27,35 @@ from semiflow.detector import frame as fr
 SLOTS = 256
 HDR_ROOM = 128            # the rebuilt header goes right before the data
 MAX_DATA = 65536          # bytes of fragmentable data per datagram
-ROW = HDR_ROOM + MAX_DATA
-FRAG_TIMEOUT = 300.0      # Zeek's frag_timeout
+MASK0 = HDR_ROOM + MAX_DATA  # each row: header room, data, then one "have it" byte per data byte
+ROW = MASK0 + MAX_DATA
+FRAG_TIMEOUT_US = 300_000_000  # Zeek's frag_timeout (5 min), in microseconds
 
 # Per-slot integers (FragTable.ints columns).
 FI_USED, FI_SHI, FI_SLO, FI_DHI, FI_DLO, FI_ID, FI_VER = 0, 1, 2, 3, 4, 5, 6
 FI_SIZE, FI_LAST, FI_FILLED, FI_HLEN, FI_PIECES, FI_UNCOUNTED = 7, 8, 9, 10, 11, 12
-FI_N = 13
+FI_TS = 13  # first piece's capture time, microseconds
+FI_N = 14
+# The last row of FlowTable.ints is bookkeeping: the next slot to try, slots in use.
+B_PTR, B_USED = 0, 1
+NEVER = np.int64(2**62)
 
 # add()'s outcomes.
 PENDING, COMPLETE, BAD = 0, 1, 2
 
 
 class FragTable:
-    """The reassembly state the capture kernels are handed (pages are touched only when used)."""
+    """The reassembly state the capture kernels are handed: two arrays, so that the per-packet
+    call stays cheap (each array argument costs; benchmarks/extract_speed.py). Datagrams are
+    found through the flow table's dict, under keys whose last element is negative
+    (flows have their IP protocol there). Pages are touched only when used."""
 
     def __init__(self, slots: int = SLOTS):
-        self.ints = np.zeros((slots, FI_N), np.int64)
-        self.ts = np.zeros(slots, np.float64)
+        self.ints = np.zeros((slots + 1, FI_N), np.int64)
         self.data = np.zeros((slots, ROW), np.uint8)
-        self.mask = np.zeros((slots, MAX_DATA), np.uint8)
 
     def state(self):
-        return self.ints, self.ts, self.data, self.mask
+        return self.ints, self.data
 
 
 @njit(cache=True, inline="always")
@@ -57,29 +63,39 @@ def _u16(b, i):
     return (np.int64(b[i]) << 8) | np.int64(b[i + 1])
 
 
+@njit(cache=True, inline="always")
+def _key(fints, s):
+    return (fints[s, FI_SHI], fints[s, FI_SLO], fints[s, FI_DHI], fints[s, FI_DLO],
+            fints[s, FI_ID], -1 - fints[s, FI_VER])
+
+
 @njit(cache=True)
-def release(s, fints, fmask):
-    """Free slot s (its mask cleared up to the bytes it covered)."""
+def release(s, fints, fdata, keys):
+    """Free slot s (its "have it" bytes cleared up to the bytes it covered)."""
     n = fints[s, FI_SIZE]
     if n > MAX_DATA:
         n = MAX_DATA
-    fmask[s, :n] = 0
+    fdata[s, MASK0:MASK0 + n] = 0
     fints[s, FI_USED] = 0
+    fints[-1, B_USED] -= 1
+    k = _key(fints, s)
+    if k in keys and keys[k] == s:
+        keys.pop(k)
 
 
 @njit(cache=True)
-def give_up(s, fints, fmask, skips):
+def give_up(s, fints, fdata, keys, skips):
     """A datagram that will never complete: its pieces not yet counted elsewhere are skips."""
     skips[fr.SKIP_FRAG_INCOMPLETE] += fints[s, FI_UNCOUNTED]
-    release(s, fints, fmask)
+    release(s, fints, fdata, keys)
 
 
 @njit(cache=True)
-def give_up_all(fints, fmask, skips):
+def give_up_all(fints, fdata, keys, skips):
     """End of a capture: every datagram still waiting for a piece."""
-    for s in range(fints.shape[0]):
+    for s in range(fints.shape[0] - 1):
         if fints[s, FI_USED]:
-            give_up(s, fints, fmask, skips)
+            give_up(s, fints, fdata, keys, skips)
 
 
 @njit(cache=True)
@@ -116,10 +132,12 @@ def _v6_header(buf, l3, fh, row, hroom):
 
 
 @njit(cache=True)
-def add(buf, info, ts, counted, fints, fts, fdata, fmask, skips):
+def add(buf, info, ts, weight, fints, fdata, keys, skips):
     """Add the fully captured fragment parsed into `info` (parse_ip's fields).
 
-    counted: the frame is already counted as used (an outer UDP tunnel's flow had it).
+    weight: the capture frames this piece stands for that are not counted elsewhere (1; 0
+    when an outer UDP tunnel's flow already has the frame; a reassembled outer datagram's
+    pieces for a piece nested inside it). A datagram given up counts them as skips.
     Returns (outcome, slot): COMPLETE leaves the datagram in fdata[slot] at
     [HDR_ROOM - hlen, HDR_ROOM + size) (see datagram()); the caller parses it and then calls
     release(slot). PENDING: held. BAD: counted as a skip here.
@@ -135,35 +153,27 @@ def add(buf, info, ts, counted, fints, fts, fdata, fmask, skips):
     off = info[fr.F_FRAG_OFF]
     upper = off + stop - start
     if stop < start or upper > MAX_DATA or stop > info[fr.F_IPEND]:
-        if not counted:
-            skips[fr.SKIP_FRAG_BAD] += 1
+        skips[fr.SKIP_FRAG_BAD] += weight
         return BAD, -1
     shi, slo, dhi, dlo = info[fr.F_SRC_HI], info[fr.F_SRC_LO], info[fr.F_DST_HI], info[fr.F_DST_LO]
     fid = info[fr.F_FRAG_ID]
-    s = -1
-    free = -1
-    oldest = -1
-    for i in range(fints.shape[0]):
-        if fints[i, FI_USED] == 0:
-            if free < 0:
-                free = i
-            continue
-        if ts - fts[i] > FRAG_TIMEOUT:
-            give_up(i, fints, fmask, skips)
-            if free < 0:
-                free = i
-            continue
-        if fints[i, FI_ID] == fid and fints[i, FI_SLO] == slo and fints[i, FI_DLO] == dlo \
-                and fints[i, FI_SHI] == shi and fints[i, FI_DHI] == dhi \
-                and fints[i, FI_VER] == ver:
-            s = i
-        elif oldest < 0 or fts[i] < fts[oldest]:
-            oldest = i
+    key = (shi, slo, dhi, dlo, fid, -1 - ver)
+    now = np.int64(ts * 1e6)
+    s = keys[key] if key in keys else np.int64(-1)
+    if s >= 0 and now - fints[s, FI_TS] > FRAG_TIMEOUT_US:  # Zeek's timer would have dropped it
+        give_up(s, fints, fdata, keys, skips)
+        s = -1
     if s < 0:
-        if free < 0:
-            give_up(oldest, fints, fmask, skips)
-            free = oldest
-        s = free
+        # The next free slot after the last one taken; with none free, the one taken
+        # longest ago (round robin: it is the oldest datagram still held) is given up.
+        n = fints.shape[0] - 1
+        s = fints[-1, B_PTR]
+        if fints[-1, B_USED] >= n:
+            give_up(s, fints, fdata, keys, skips)
+        while fints[s, FI_USED]:
+            s = (s + 1) % n
+        fints[-1, B_PTR] = (s + 1) % n
+        fints[-1, B_USED] += 1
         for j in range(FI_N):
             fints[s, j] = 0
         fints[s, FI_USED] = 1
@@ -171,7 +181,8 @@ def add(buf, info, ts, counted, fints, fts, fdata, fmask, skips):
         fints[s, FI_ID] = fid
         fints[s, FI_VER] = ver
         fints[s, FI_HLEN] = -1
-        fts[s] = ts
+        fints[s, FI_TS] = now
+        keys[key] = s
     row = fdata[s]
     if off == 0 and fints[s, FI_HLEN] < 0:
         if ver == 4:
@@ -181,15 +192,13 @@ def add(buf, info, ts, counted, fints, fts, fdata, fmask, skips):
         else:
             hlen = _v6_header(buf, l3, info[fr.F_FRAG_HDR], row, HDR_ROOM)
         if hlen < 0:
-            if not counted:
-                skips[fr.SKIP_FRAG_BAD] += 1
+            skips[fr.SKIP_FRAG_BAD] += weight
             return BAD, -1
         fints[s, FI_HLEN] = hlen
-    m = fmask[s]
     filled = 0
     for i in range(stop - start):
-        if m[off + i] == 0:
-            m[off + i] = 1
+        if row[MASK0 + off + i] == 0:
+            row[MASK0 + off + i] = 1
             row[HDR_ROOM + off + i] = buf[start + i]
             filled += 1
     fints[s, FI_FILLED] += filled
@@ -198,8 +207,7 @@ def add(buf, info, ts, counted, fints, fts, fdata, fmask, skips):
     if info[fr.F_FRAG_MF] == 0:
         fints[s, FI_LAST] = 1
     fints[s, FI_PIECES] += 1
-    if not counted:
-        fints[s, FI_UNCOUNTED] += 1
+    fints[s, FI_UNCOUNTED] += weight
     if fints[s, FI_LAST] and fints[s, FI_HLEN] >= 0 and fints[s, FI_FILLED] == fints[s, FI_SIZE]:
         hlen = fints[s, FI_HLEN]
         h = HDR_ROOM - hlen
@@ -208,7 +216,7 @@ def add(buf, info, ts, counted, fints, fts, fdata, fmask, skips):
             row[h + 2], row[h + 3] = (n >> 8) & 0xFF, n & 0xFF
         else:
             row[h + 4], row[h + 5] = ((n - 40) >> 8) & 0xFF, (n - 40) & 0xFF
-        fts[s] = np.inf  # in use until the caller releases it: never the one given up
+        fints[s, FI_TS] = NEVER  # in use until the caller releases it: never given up for age
         return COMPLETE, s
     return PENDING, s
 

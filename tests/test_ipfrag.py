@@ -36,8 +36,11 @@ DATA = raw_udp(5000, 53, bytes(range(256)) * 4)   # a 1032-byte UDP datagram
 
 def _reassemble(pieces: list[bytes]):
     """Feed Ethernet-less IP pieces to the reassembler; the datagram bytes once complete."""
+    from numba import types
+    from numba.typed import Dict
     t = ipf.FragTable(slots=4)
-    ints, ts, data, mask = t.state()
+    ints, data = t.state()
+    keys = Dict.empty(types.UniTuple(types.int64, 6), types.int64)
     skips = np.zeros(len(fr.SKIP_REASONS), np.int64)
     info = np.zeros(fr.NFIELDS, np.int64)
     out = []
@@ -45,12 +48,12 @@ def _reassemble(pieces: list[bytes]):
         buf = np.frombuffer(p, np.uint8)
         fr.parse_frame(buf, 0, len(buf), fr.LINKTYPE_RAW, info)
         assert info[fr.F_FRAG] == 1
-        outcome, s = ipf.add(buf, info, 1.0, False, ints, ts, data, mask, skips)
+        outcome, s = ipf.add(buf, info, 1.0, 1, ints, data, keys, skips)
         out.append(outcome)
         if outcome == ipf.COMPLETE:
             a, b = ipf.datagram(ints, s)
             got = bytes(data[s, a:b])
-            ipf.release(s, ints, mask)
+            ipf.release(s, ints, data, keys)
             return out, got, skips
     return out, None, skips
 
@@ -112,7 +115,8 @@ def test_fragmented_datagram_counts_in_its_flow_but_takes_no_sample_row(tmp_path
     assert rep.skipped == {}
     assert rep.packets == 5
     assert rep.decoded == {"IP datagrams reassembled": 1,
-                           "IP fragments in reassembled datagrams": 4}
+                           "IP fragments in reassembled datagrams": 4,
+                           "fragments merged into one flow packet (their datagram's)": 3}
 
 
 def test_missing_piece_is_a_counted_skip(tmp_path):
