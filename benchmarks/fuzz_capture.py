@@ -16,6 +16,12 @@ from fuzz_mutate import extreme, mutate_bytes, set_uint
 LAB_SAMPLE = ROOT / "semiflow" / "data" / "lab-sample" / "capture.pcap.gz"
 SEED_MAX_BYTES = 96 << 10   # corpus captures up to this size become seeds
 SEED_FILES = 48
+# Tunnels and fragments, so that mutations reach decapsulation and reassembly.
+TUNNEL_SEEDS = ("pcaps/arkime/gre-erspan-vxlan.pcap", "pcaps/arkime/gre-sample.pcap",
+                "pcaps/arkime/socks5-http-302-frag.pcap", "pcaps/arkime/tcpdump-geneve.pcap",
+                "pcaps/ndpi/6in4tunnel.pcap", "pcaps/ndpi/dns_fragmented.pcap",
+                "pcaps/ndpi/ip_fragmented_garbage.pcap", "pcaps/ndpi/teredo.pcap",
+                "pcaps/ndpi/vxlan.pcap")
 
 
 # ---- seeds --------------------------------------------------------------------------------
@@ -27,7 +33,8 @@ def _corpus_seeds(corpus: Path | None) -> list[Path]:
     small = [corpus / r["file"] for r in rows if (corpus / r["file"]).exists()
              and 200 < (corpus / r["file"]).stat().st_size <= SEED_MAX_BYTES]
     step = max(1, len(small) // SEED_FILES)
-    return small[::step][:SEED_FILES]
+    extra = [corpus / f for f in TUNNEL_SEEDS if (corpus / f).exists()]
+    return small[::step][:SEED_FILES] + [p for p in extra if p not in small[::step]]
 
 
 def _lab_slice(n_records: int = 300) -> bytes:
