@@ -295,5 +295,7 @@ def conn_keys(ids: Sequence) -> np.ndarray:
             pb, _ = _port(rp)
         except (ValueError, TypeError, KeyError):
             continue
+        if not (0 <= pa < 65536 and 0 <= pb < 65536):
+            continue
         out[i] = (ahi, alo, bhi, blo, pa, pb, proto, 1)
     return out

@@ -221,3 +221,12 @@ def test_live_path_builds_the_same_bytes_for_tunnelled_flows(tmp_path):
     # Without the conn_ids (the outer level, as before tunnels were followed) they differ.
     _, outer = _live_samples(pcap, SPEC, with_ids=False)
     assert not np.array_equal(outer.data, s.data)
+
+
+def test_unreadable_conn_ids_fall_back_to_the_outer_level():
+    from semiflow.detector.tunnel import conn_keys
+    k = conn_keys([None, ("1.2.3.4", "99999999999999999999999/tcp", "5.6.7.8", "80/tcp"),
+                   ("x", "1/tcp", "5.6.7.8", "80/tcp"), ("1.2.3.4", "70000/udp", B, "1/udp"),
+                   (A6, "1/icmp", B6, "0/icmp")])
+    assert k[:4].tolist() == [[0] * 8] * 4
+    assert k[4, 6:].tolist() == [fr.PROTO_ICMP, 1]
