@@ -230,3 +230,12 @@ def test_unreadable_conn_ids_fall_back_to_the_outer_level():
                    (A6, "1/icmp", B6, "0/icmp")])
     assert k[:4].tolist() == [[0] * 8] * 4
     assert k[4, 6:].tolist() == [fr.PROTO_ICMP, 1]
+
+
+def test_packet_meta_maps_tunnelled_packets_to_the_inner_flow(tmp_path):
+    from semiflow.plugin.packet_meta import map_packets_to_flows, read_packet_meta
+    v6, wrap, _ = TUNNELS["vxlan-in-gre"]
+    store, _ = _extract(tmp_path, "meta", [wrap(fwd, p) for fwd, p in conversation(v6)])
+    meta = read_packet_meta(tmp_path / "meta.pcap")
+    i, _ = _inner_flow(store, v6)
+    assert map_packets_to_flows(meta, store.flows).tolist() == [i] * 4
