@@ -59,6 +59,11 @@ SKIP_TRUNCATED_UDP = 11
 SKIP_TRUNCATED_ICMP = 12
 SKIP_TRUNCATED_RECORD = 13
 SKIP_BAD_RECORD = 14
+SKIP_TRUNCATED_TUNNEL = 15
+SKIP_BAD_TUNNEL = 16
+SKIP_TUNNEL_DEPTH = 17
+SKIP_FRAG_INCOMPLETE = 18
+SKIP_FRAG_BAD = 19
 SKIP_REASONS = (
     "ok",
     "unknown link type",
@@ -67,7 +72,7 @@ SKIP_REASONS = (
     "truncated IPv4 header",
     "bad IPv4 header",
     "truncated IPv6 header",
-    "IP non-first fragment (not reassembled)",
+    "IP non-first fragment (not reassembled: partly captured, or no reassembly on this path)",
     "IP protocol not tracked (Zeek tracks TCP/UDP/ICMP)",
     "truncated TCP header",
     "bad TCP header",
@@ -75,6 +80,11 @@ SKIP_REASONS = (
     "truncated ICMP header",
     "truncated capture record",
     "bad capture record",
+    "truncated tunnel header",
+    "tunnel header Zeek does not decapsulate (bad or unsupported)",
+    "tunnel nested deeper than Zeek's Tunnel::max_depth",
+    "IP fragment never completed (a piece missing)",
+    "bad IP fragment (past 64 KiB, or its header does not fit)",
 )
 
 # Mask bits: which fields are zeroed in the sample row.
@@ -109,7 +119,15 @@ F_SRC_LO = 13
 F_DST_HI = 14
 F_DST_LO = 15
 F_IPLEN = 16   # IP packet length on the wire (header + transport), from the IP header
-NFIELDS = 17
+# Fragments (set once the IP header parsed, whatever the transport): F_FRAG 1 for a piece of a
+# fragmented datagram (IPv4 MF or offset; an IPv6 fragment header), its offset in bytes, MF,
+# identification, and for IPv6 the fragment header's offset in buf (-1 for IPv4).
+F_FRAG = 17
+F_FRAG_OFF = 18
+F_FRAG_MF = 19
+F_FRAG_ID = 20
+F_FRAG_HDR = 21
+NFIELDS = 22
 
 @njit(cache=True, inline="always")
 def _u16(b, i):
@@ -195,6 +213,18 @@ def l3_offset(buf, start, end, linktype):
 
 
 @njit(cache=True)
+def _nonfirst(out, proto, hlen, l4off, ipend, end):
+    """A non-first fragment: IP fields set (for reassembly), no transport header to read."""
+    out[F_PROTO] = proto
+    out[F_IPHLEN] = hlen
+    out[F_L4OFF] = l4off
+    out[F_IPEND] = ipend if ipend < end else end
+    out[F_IPLEN] = ipend - (l4off - hlen)
+    out[F_REASON] = SKIP_FRAGMENT
+    return SKIP_FRAGMENT
+
+
+@njit(cache=True)
 def parse_ip(buf, l3off, end, out):
     """Parse the IP and transport headers at l3off into out (int64[NFIELDS]); return the reason."""
     for i in range(NFIELDS):
@@ -222,15 +252,20 @@ def parse_ip(buf, l3off, end, out):
         if total < hlen:
             out[F_REASON] = SKIP_BAD_IPV4
             return SKIP_BAD_IPV4
-        frag = _u16(buf, l3off + 6)
-        if (frag & 0x1FFF) != 0:
-            out[F_REASON] = SKIP_FRAGMENT
-            return SKIP_FRAGMENT
         proto = np.int64(buf[l3off + 9])
         out[F_SRC_LO] = (_u16(buf, l3off + 12) << 16) | _u16(buf, l3off + 14)
         out[F_DST_LO] = (_u16(buf, l3off + 16) << 16) | _u16(buf, l3off + 18)
         l4off = l3off + hlen
         ipend = l3off + total
+        frag = _u16(buf, l3off + 6)
+        if (frag & 0x3FFF) != 0:
+            out[F_FRAG] = 1
+            out[F_FRAG_OFF] = (frag & 0x1FFF) * 8
+            out[F_FRAG_MF] = (frag >> 13) & 1
+            out[F_FRAG_ID] = _u16(buf, l3off + 4)
+            out[F_FRAG_HDR] = -1
+            if (frag & 0x1FFF) != 0:
+                return _nonfirst(out, proto, hlen, l4off, ipend, end)
     elif ver == 6:
         if l3off + 40 > end:
             out[F_REASON] = SKIP_TRUNCATED_IPV6
@@ -248,11 +283,16 @@ def parse_ip(buf, l3off, end, out):
                 if l4off + 8 > end:
                     out[F_REASON] = SKIP_TRUNCATED_IPV6
                     return SKIP_TRUNCATED_IPV6
-                if (_u16(buf, l4off + 2) & 0xFFF8) != 0:
-                    out[F_REASON] = SKIP_FRAGMENT
-                    return SKIP_FRAGMENT
+                fo = _u16(buf, l4off + 2)
+                out[F_FRAG] = 1
+                out[F_FRAG_OFF] = fo & 0xFFF8
+                out[F_FRAG_MF] = fo & 1
+                out[F_FRAG_ID] = (_u16(buf, l4off + 4) << 16) | _u16(buf, l4off + 6)
+                out[F_FRAG_HDR] = l4off
                 proto = np.int64(buf[l4off])
                 l4off += 8
+                if (fo & 0xFFF8) != 0:
+                    return _nonfirst(out, proto, l4off - l3off, l4off, l3off + total, end)
             elif proto == 0 or proto == 43 or proto == 60 or proto == 51:
                 if l4off + 2 > end:
                     out[F_REASON] = SKIP_TRUNCATED_IPV6

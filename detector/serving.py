@@ -448,7 +448,8 @@ class MicroBatcher:
             else:  # a decoder bug must not take the service down
                 self.stats.error("decode", repr(e))
         s = build_flow_samples(batch.blob, batch.frame_off, batch.frame_len, batch.linktype,
-                               batch.ts, batch.wire_len, batch.is_orig, batch.flow_start, spec)
+                               batch.ts, batch.wire_len, batch.is_orig, batch.flow_start, spec,
+                               batch.ids)
         ok = (s.status == 0) & ((batch.ks < 0) | (batch.ks == spec.k))
         allowed = np.zeros(len(batch.keys), bool)
         if self.allow is not None and len(batch.keys):

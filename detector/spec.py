@@ -7,13 +7,14 @@ path refuses samples built with a different one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from numba import njit
 
 from . import frame as fr
+from . import tunnel as tn
 
 SELECT_PAYLOAD = "payload"
 SELECT_ALL = "all"
@@ -153,10 +154,11 @@ class FlowSampleBatch:
 
 @njit(cache=True, nogil=True)
 def _build_flow_samples(blob, frame_off, frame_len, linktype, ts, wire_len, is_orig,
-                        flow_start, select_all, mask, data, direction, out_ts, out_wlen,
+                        flow_start, keys, select_all, mask, data, direction, out_ts, out_wlen,
                         n_sel, status, skipped):
     """The one loop over flows and their frames (arrival order); outputs pre-zeroed."""
     info = np.zeros(fr.NFIELDS, np.int64)
+    tmp = np.zeros(fr.NFIELDS, np.int64)
     k = data.shape[1]
     for f in range(flow_start.shape[0] - 1):
         n = 0
@@ -164,7 +166,7 @@ def _build_flow_samples(blob, frame_off, frame_len, linktype, ts, wire_len, is_o
         for j in range(flow_start[f], flow_start[f + 1]):
             a = frame_off[j]
             buf = blob[a:a + frame_len[j]]
-            reason = fr.parse_frame(buf, 0, buf.shape[0], linktype[j], info)
+            reason = tn.parse_frame_for(buf, 0, buf.shape[0], linktype[j], keys[f], info, tmp)
             if reason != fr.OK:
                 skipped[f, reason] += 1
                 continue
@@ -183,13 +185,17 @@ def _build_flow_samples(blob, frame_off, frame_len, linktype, ts, wire_len, is_o
 def build_flow_samples(blob: np.ndarray, frame_off: np.ndarray, frame_len: np.ndarray,
                        linktype: np.ndarray, ts: np.ndarray, wire_len: np.ndarray,
                        is_orig: np.ndarray, flow_start: np.ndarray,
-                       spec: FlowSampleSpec) -> FlowSampleBatch:
+                       spec: FlowSampleSpec, conn_ids: Sequence | None = None
+                       ) -> FlowSampleBatch:
     """Apply the spec to many flows at once, in one compiled loop (the live path's decoder).
 
     Frames are byte ranges of one uint8 blob: frame j is blob[frame_off[j]:+frame_len[j]],
     with its linktype, ts, wire_len and is_orig; flow i owns frames
     flow_start[i]:flow_start[i+1], in arrival order (flow_start has m+1 entries). The
     capture loop calls the same kernels (parse_frame, write_sample_row).
+    conn_ids: each flow's Zeek conn_id (orig_h, orig_p, resp_h, resp_p) or None; a tunnelled
+    connection's frames arrive with their outer layers, and the sample starts at the IP level
+    that is this connection (tunnel.parse_frame_for). Without it: the outer level.
     """
     flow_start = np.ascontiguousarray(flow_start, np.int64)
     nf = int(flow_start[-1]) if len(flow_start) else 0
@@ -208,7 +214,9 @@ def build_flow_samples(blob: np.ndarray, frame_off: np.ndarray, frame_len: np.nd
     n_sel = np.zeros(m, np.int64)
     status = np.zeros(m, np.int8)
     skipped = np.zeros((m, len(fr.SKIP_REASONS)), np.int64)
-    _build_flow_samples(blob, *arrs, flow_start, spec.selection == SELECT_ALL,
+    keys = tn.conn_keys(conn_ids) if conn_ids is not None and len(conn_ids) == m \
+        else np.zeros((m, 8), np.int64)
+    _build_flow_samples(blob, *arrs, flow_start, keys, spec.selection == SELECT_ALL,
                         spec.mask_bits, data, direction, out_ts, out_wlen, n_sel, status,
                         skipped)
     return FlowSampleBatch(data, direction, out_ts, out_wlen, n_sel, status, skipped)

@@ -20,6 +20,7 @@ from semiflow.detector import frame as fr
 from semiflow.detector.spec import FlowSampleSpec
 
 from . import flowscan as fs
+from . import ipfrag
 
 PCAP_MAGICS = {
     b"\xd4\xc3\xb2\xa1": (0, 0), b"\xa1\xb2\xc3\xd4": (1, 0),   # microseconds: (swap, nsec)
@@ -91,11 +92,16 @@ class ScanReport:
     flows: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     bad_files: list[tuple[str, str]] = field(default_factory=list)
-    # one entry per capture scanned: {"file", "packets" (used), "skipped" {reason: n}}
+    # one entry per capture scanned: {"file", "packets" (used), "skipped" {reason: n}, "decoded"}
     per_file: list[dict] = field(default_factory=list)
+    # what decapsulation and reassembly added (flowscan.NOTES): informational, not skips
+    decoded: dict[str, int] = field(default_factory=dict)
 
     def add_skip(self, reason: str, n: int = 1) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + n
+
+    def add_decoded(self, what: str, n: int) -> None:
+        self.decoded[what] = self.decoded.get(what, 0) + n
 
     @property
     def skipped_total(self) -> int:
@@ -160,6 +166,7 @@ class FlowTable:
         self.skips = np.zeros(len(fr.SKIP_REASONS), np.int64)
         self.if_link = np.zeros(64, np.int64)
         self.if_res = np.zeros(64, np.float64)
+        self.frags = ipfrag.FragTable()
 
     @property
     def live_flows(self) -> int:
@@ -216,16 +223,18 @@ class FlowTable:
         self.st[fs.S_NIF] = 0
         self.fst[:] = 0.0
         self.skips[:] = 0
+        self.st[fs.S_NOTE0:] = 0
 
     def scan(self, buf: np.ndarray, n: int, final: bool, pcapng: bool) -> Iterator[FlowBatch]:
         """Consume complete records of buf[:n]; yields finished flows as the buffer fills."""
         while True:
             if pcapng:
                 code = fs.scan_pcapng(buf, n, final, self.info, self.if_link, self.if_res,
-                                      *self._state(), self.fst, self.cfg, self.tmo, self.skips)
+                                      *self._state(), self.fst, self.cfg, self.tmo, self.skips,
+                                      *self.frags.state())
             else:
                 code = fs.scan_pcap(buf, n, final, self.info, *self._state(), self.fst,
-                                    self.cfg, self.tmo, self.skips)
+                                    self.cfg, self.tmo, self.skips, *self.frags.state())
             if code == fs.R_NEED_DATA:
                 return
             if code == fs.R_OUT_FULL:
@@ -243,6 +252,8 @@ class FlowTable:
                 raise BadRecord(int(self.st[fs.S_POS]))
 
     def finish(self) -> Iterator[FlowBatch]:
+        # Datagrams still missing a piece never complete.
+        ipfrag.give_up_all(*self.frags.state(), self.keys, self.skips)
         while fs.finish(*self._state(), self.tmo) == fs.R_OUT_FULL:
             batch = self.take_output()
             if batch is not None:
@@ -350,4 +361,8 @@ def scan_capture(path: str | os.PathLike, table: FlowTable, report: ScanReport,
         skipped = {fr.SKIP_REASONS[i]: int(c) for i, c in enumerate(table.skips) if i and c}
         for reason, c in skipped.items():
             report.add_skip(reason, c)
-        report.per_file.append({"file": str(path), "packets": used, "skipped": skipped})
+        decoded = {fs.NOTES[i]: int(c) for i, c in enumerate(table.st[fs.S_NOTE0:]) if c}
+        for what, c in decoded.items():
+            report.add_decoded(what, c)
+        report.per_file.append({"file": str(path), "packets": used, "skipped": skipped,
+                                "decoded": decoded})

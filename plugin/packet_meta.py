@@ -2,9 +2,11 @@
 and the map from packets to the flows of semiflow's flow table.
 
 Kitsune needs ALL packets, not only the selected payload packets the flow store keeps. Frames
-are parsed by detector.frame.parse_frame, the same kernel the flow table uses, so addresses,
-ports and ICMP "ports" agree with flows.parquet. Frames it cannot parse (ARP, fragments, other
-protocols) are kept with whatever was parsed, ports 0 (MACs as addresses when not IP).
+are parsed by the kernels the flow table uses (detector.frame), down to the innermost tunnelled
+IP level (detector.tunnel.parse_innermost), so addresses, ports and ICMP "ports" agree with
+flows.parquet; a UDP tunnel's frame maps to the inner flow, not the outer one. Frames it cannot
+parse (ARP, fragments: not reassembled here, other protocols) are kept with whatever was
+parsed, ports 0 (MACs as addresses when not IP).
 The capture is read into memory whole (pcap or pcapng, gzip transparent); for pcapng (dpkt's
 reader, first interface's link type) the wire length is the captured length.
 """
@@ -21,6 +23,7 @@ import pandas as pd
 from numba import njit
 
 from semiflow.detector import frame as fr
+from semiflow.detector import tunnel as tn
 
 from .capture import PCAP_MAGICS, CaptureError, open_capture
 from .flowstore import _addresses
@@ -90,7 +93,7 @@ def _parse_all(buf, starts, ends, linktype, out, macs, ok):
     info = np.zeros(fr.NFIELDS, np.int64)
     for i in range(starts.shape[0]):
         a, b = starts[i], ends[i]
-        ok[i] = fr.parse_frame(buf, a, b, linktype, info) == fr.OK
+        ok[i] = tn.parse_innermost(buf, a, b, linktype, info) == fr.OK
         out[i, :] = info
         if linktype == fr.LINKTYPE_ETHERNET and b - a >= 14:
             macs[i, 0], macs[i, 1] = _mac(buf, a + 6), _mac(buf, a)

@@ -21,6 +21,7 @@ import dpkt
 import numpy as np
 
 from semiflow.detector import frame as fr
+from semiflow.detector import tunnel as tn
 from semiflow.plugin.capture import ZEEK_TIMEOUTS
 
 from . import zeek_wire as zw
@@ -168,11 +169,35 @@ class ZeekSelection:
                 del self.conns[key]
 
     def packet(self, raw: bytes, linktype: int, ts: float, wire_len: int) -> None:
+        """One frame: every IP level Zeek makes a connection of raises new_packet with the
+        whole frame (tunnels: detector/tunnel.py, as plugin/flowscan.py descends). A
+        fragment is Zeek's to reassemble; collect.zeek skips the frame of a reassembled
+        datagram, so here a first piece counts for its connection without its frame and a
+        later piece is ignored (Zeek would count the datagram when its last piece arrives)."""
         self.linktype = linktype
         buf = np.frombuffer(raw, np.uint8)
         info = self._info
-        if fr.parse_frame(buf, 0, buf.shape[0], int(linktype), info) != fr.OK:
-            return  # not a connection packet (Zeek raises no new_packet for it)
+        reason = fr.parse_frame(buf, 0, buf.shape[0], int(linktype), info)
+        depth = 0
+        while True:
+            if reason == fr.OK:
+                keep = not info[fr.F_FRAG]
+                c = self._on_packet(buf, info, raw, ts, wire_len, keep)
+                if info[fr.F_PROTO] != fr.PROTO_UDP or not keep:
+                    return
+                start, lt, _ = tn.tunnel_inner(buf, info, c.resp[1])
+            elif reason == fr.SKIP_UNTRACKED_PROTO:
+                start, lt, _ = tn.tunnel_inner(buf, info, tn.ANY_PORT)
+            else:
+                return  # not a connection packet (Zeek raises no new_packet for it)
+            if start < 0 or depth >= tn.MAX_DEPTH:
+                return
+            reason = tn.parse_inner(buf, start, lt, int(info[fr.F_IPEND]), info)
+            depth += 1
+
+    def _on_packet(self, buf: np.ndarray, info: np.ndarray, raw: bytes, ts: float,
+                   wire_len: int, keep: bool) -> Conn:
+        """new_packet for the connection of the IP level parsed into info."""
         proto = int(info[fr.F_PROTO])
         ver = int(info[fr.F_IPVER])
         src = (_addr(ver, info[fr.F_SRC_HI], info[fr.F_SRC_LO]), int(info[fr.F_SPORT]))
@@ -202,18 +227,21 @@ class ZeekSelection:
             c.flags |= (1 if is_orig else 4) if fin else 0
             c.flags |= 2 if rst else 0
         if c.done:
-            return  # collect.zeek: early return once published
+            return c  # collect.zeek: early return once published
         if not c.done and ts - c.first_sel >= self.cfg.max_wait:
             self._flush(c, c.first_sel + self.cfg.max_wait)
-            return
+            return c
         if not self.cfg.select_all and _payload_len(buf, info) == 0:
-            return
+            return c
+        if not keep:
+            return c
         data = raw[:self.cfg.snaplen] if self.cfg.snaplen else raw
         if not c.frames:
             c.first_sel = ts
         c.frames.append((data, ts, wire_len, bool(is_orig)))
         if len(c.frames) >= self.cfg.k:
             self._flush(c, ts)
+        return c
 
     def finish(self, now: float = math.inf) -> list[ZeekEvent]:
         for c in self.conns.values():

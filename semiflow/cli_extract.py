@@ -94,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
     if ignored:
         print(f"ignored {len(ignored)} file(s) in the directories that are not captures "
               f"(e.g. {ignored[0]})")
+    for what, n in report.decoded.items():
+        print(f"{what}: {n}")
     for line in (report.summary_lines() + report.file_lines()
                  + (conn.notes() if conn is not None else [])):
         print(line)

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from lab.flowtable import reference_flows  # benchmarks/ is on pytest's pythonpath
 
+from semiflow.detector import frame as fr
 from semiflow.detector.spec import FlowSampleSpec
 from semiflow.plugin.flowstore import FlowStore
 from semiflow.training.extract import extract
@@ -51,14 +52,22 @@ def test_every_file_is_read_and_counted(corpus_store):
     assert (store.flows["status"] == "no_payload").sum() > 0  # scans are reported, not dropped
 
 
+FRAG_SKIPS = {fr.SKIP_REASONS[fr.SKIP_FRAG_INCOMPLETE], fr.SKIP_REASONS[fr.SKIP_FRAG_BAD]}
+
+
 def test_flow_counts_match_an_independent_implementation(corpus_store, corpus_dir):
-    store, _, manifest = corpus_store
+    """The dpkt reference neither decapsulates nor reassembles: files where we did either
+    (tests/test_tunnels.py, tests/test_ipfrag.py hold those) are left out, and counted."""
+    store, report, manifest = corpus_store
     ours = store.flows.groupby("source_file")
+    beyond = {f["file"] for f in report.per_file
+              if f.get("decoded") or FRAG_SKIPS & set(f["skipped"])}
+    assert 10 <= len(beyond) <= 60, sorted(beyond)
     mismatches = []
     compared = 0
     for rel in manifest.rows["file"]:
         path = str(corpus_dir / rel)
-        if _pcapng_interfaces(path) > 1:
+        if _pcapng_interfaces(path) > 1 or path in beyond:
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -68,7 +77,7 @@ def test_flow_counts_match_an_independent_implementation(corpus_store, corpus_di
         compared += 1
         if len(ref) != len(mine):
             mismatches.append((rel, len(ref), len(mine)))
-    assert compared > 780
+    assert compared > 700
     assert not mismatches, mismatches
 
 

@@ -86,7 +86,7 @@ def extract(captures: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
             seen = report.per_file[-1] if report.per_file and \
                 report.per_file[-1]["file"] == cap else {"packets": 0, "skipped": {}}
             inputs.append({"file": cap, "bytes": size, "packets": seen["packets"],
-                           "skipped": seen["skipped"]})
+                           "skipped": seen["skipped"], "decoded": seen.get("decoded", {})})
             if bar is not None:
                 bar.update(size)
             if strict and not report.clean:
@@ -96,7 +96,7 @@ def extract(captures: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
             bar.close()
         report.flows = writer.rows
         writer.close({"inputs": inputs, "packets": report.packets,
-                      "skipped": report.skipped,
+                      "skipped": report.skipped, "decoded": report.decoded,
                       "bad_files": [list(b) for b in report.bad_files],
                       "seconds": round(time.perf_counter() - started, 3)})
     return report

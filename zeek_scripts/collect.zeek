@@ -82,9 +82,6 @@ event SemiFlow::max_wait_expired(uid: string, id: conn_id)
 
 function wanted(c: connection): bool
 	{
-	if ( c?$tunnel )
-		# new_packet's frame still holds the outer encapsulation (docs/zeek.md).
-		return F;
 	if ( get_port_transport_proto(c$id$resp_p) !in include_protocols )
 		return F;
 	if ( c$id$resp_p in exclude_ports )
@@ -132,6 +129,25 @@ function is_fragment(p: pkt_hdr): bool
 		for ( i in p$ip6$exts )
 			# ip6_ext_hdr$id, IPPROTO_FRAGMENT: base/init-bare.zeek@v6.0.0:1698, :1427.
 			if ( p$ip6$exts[i]$id == IPPROTO_FRAGMENT )
+				return T;
+	return F;
+	}
+
+# A tunnelled connection's frame is the packet as captured, outer layers included
+# (get_current_packet, src/zeek.bif@v8.2.2:4394-4396); the detector strips them down
+# to the IP header that carries c$id (detector/tunnel.py). If the OUTER datagram was
+# reassembled, the frame is its last piece only: get_current_packet_header() gives the
+# outer header, with MF=T when reassembled (zeek.bif@v8.2.2:4423-4430; the packet's
+# own ip_hdr, src/iosource/Packet.cc@v8.2.2 ToRawPktHdrVal). raw_pkt_hdr:
+# base/init-bare.zeek@v8.2.2:2403.
+function outer_fragment(): bool
+	{
+	local h = get_current_packet_header();
+	if ( h?$ip )
+		return h$ip$MF || h$ip$offset > 0;
+	if ( h?$ip6 )
+		for ( i in h$ip6$exts )
+			if ( h$ip6$exts[i]$id == IPPROTO_FRAGMENT )
 				return T;
 	return F;
 	}
@@ -220,7 +236,7 @@ event new_packet(c: connection, p: pkt_hdr)
 
 	if ( ! select_all && payload_len(p) == 0 )
 		return;
-	if ( is_fragment(p) )
+	if ( is_fragment(p) || ( c?$tunnel && outer_fragment() ) )
 		{
 		++fragments_skipped;
 		return;
