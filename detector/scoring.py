@@ -36,7 +36,7 @@ class FlowScorer:
         if self.flow_detector is not None:
             self.encoder = self.classifier = self.flow = None
             if self.device.type == "cuda":   # large batches, overlapped copies
-                self.flow_detector.use_gpu_scorer(max(batch_size, 4096), amp, compile)
+                self.flow_detector.use_gpu_scorer(max(batch_size, 16384), amp, compile)
             return
         self.encoder, self.classifier = build_modules(artifact, self.device)
         self.flow = build_flow(artifact, self.device) if artifact.score_kind == "flow-nll" \

@@ -282,6 +282,8 @@ def register(sub) -> None:
                    help="max queued requests before shedding (8192)")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    from semiflow.cli_score import add_gpu_arguments
+    add_gpu_arguments(p)
     p.add_argument("--tls-ca", help="CA file to verify Zeek's certificate (wss)")
     p.add_argument("--tls-cert", help="client certificate (Zeek enable_peer_verification)")
     p.add_argument("--tls-key", help="client key")
@@ -371,7 +373,8 @@ def run(args: argparse.Namespace, scorer: Scorer | None = None) -> int:
         from semiflow.serve_pool import run_pool
         if scorer is None:
             from semiflow.serve_lifecycle import Lifecycle
-            lifecycle = Lifecycle(args, lambda path: load_scorer(path, device=args.device))
+            lifecycle = Lifecycle(args, lambda path: load_scorer(
+                path, device=args.device, amp=args.amp, compile=args.compile))
             scorer = lifecycle.slot
         return run_pool(args, scorer, shards, lifecycle=lifecycle)
     topics = topics_for(args.topic_prefix, args.shard)
@@ -385,7 +388,8 @@ def run(args: argparse.Namespace, scorer: Scorer | None = None) -> int:
         scorer = RemoteScorer(args.scorer_addr)
     elif scorer is None:
         from semiflow.serve_lifecycle import Lifecycle
-        lifecycle = Lifecycle(args, lambda path: load_scorer(path, device=args.device))
+        lifecycle = Lifecycle(args, lambda path: load_scorer(
+                path, device=args.device, amp=args.amp, compile=args.compile))
         scorer = lifecycle.slot
     samples = None
     if args.sample_store:

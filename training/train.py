@@ -69,6 +69,8 @@ def _rows(stores: list[FlowStore], flows: pd.DataFrame) -> Part:
 SPLITS = ("auto", "file", "time")
 LEVELS = ("flow", "packet")
 DEFAULT_MAX_FLOWS = 50_000
+# what training reads of each flow table (the rest stays on disk: docs/scale.md)
+TRAIN_COLUMNS = ["row", "uid", "ts", "n_selected", "label", "source_file"]
 
 
 def _time_split(normal: pd.DataFrame, why: str, log: Callable[[str], None]) -> np.ndarray:
@@ -125,18 +127,21 @@ def normal_parts(extract_dirs: Sequence[str | os.PathLike], max_flows: int | Non
                      DEFAULT_MAX_FLOWS), seed: int = 42, log: Callable[[str], None] = print,
                  max_flows_per_file: int | None = None, split: str = "auto",
                  min_calib: int = 0, exclude_uids: set[str] | None = None,
+                 columns: list[str] | None = None,
                  ) -> tuple[dict[str, pd.DataFrame], list[FlowStore]]:
     """The flow tables of train / val / calib (normal flows with a sample) and anomalous
     (all labelled anomalous flows), without packet rows. Columns _store (extraction index)
     and row (row in that store) locate each flow. Benchmarks use this to fit other
     detectors on exactly the flows `semiflow train` uses. `min_calib`: see split_normal.
-    `exclude_uids`: flows an analyst confirmed (or anyone distrusts) never count as normal."""
+    `exclude_uids`: flows an analyst confirmed (or anyone distrusts) never count as normal.
+    `columns`: the flow-table columns to read (None: all; TRAIN_COLUMNS is what training
+    needs)."""
     if not extract_dirs:
         raise ValueError("no extraction directory given")
     stores = []
     for d in extract_dirs:
         try:
-            stores.append(FlowStore.open(d))
+            stores.append(FlowStore.open(d, columns=columns))
         except (OSError, KeyError, ValueError) as e:
             raise ValueError(f"{d}: not a readable extraction directory ({e})") from e
     spec = stores[0].spec
@@ -146,6 +151,9 @@ def normal_parts(extract_dirs: Sequence[str | os.PathLike], max_flows: int | Non
                              f"{extract_dirs[0]} with {spec.to_dict()}")
     flows = pd.concat([s.flows.assign(_store=i) for i, s in enumerate(stores)],
                       ignore_index=True)
+    if columns is not None:     # training: the concatenation holds them now (one copy, not two)
+        for s in stores:
+            s.flows = s.flows.iloc[:0]
     scored = flows["n_selected"].to_numpy() > 0
     normal = flows[(flows["label"] == "normal").to_numpy() & scored].reset_index(drop=True)
     if exclude_uids:
@@ -291,7 +299,7 @@ def train(extract_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     min_calib = math.ceil(1.0 / target_fpr) if 0 < target_fpr < 1 else 0
     if level == "flow":
         parts, stores = normal_parts(extract_dirs, max_flows, seed, log, max_flows_per_file,
-                                     split, min_calib, exclude_uids)
+                                     split, min_calib, exclude_uids, columns=TRAIN_COLUMNS)
         log(f"labelled anomalous flows: {len(parts['anomalous'])} -- used ONLY for the "
             "validation report, never for fitting or early stopping")
         prov = _provenance(parts, extract_dirs, command, seed, max_flows_per_file, max_flows,
