@@ -80,8 +80,8 @@ class FlowNetConfig:
 
     @classmethod
     def named(cls, name: str, **kw) -> FlowNetConfig:
-        """"default", or "cpu": 128 bytes per packet and three byte-encoder layers, ~2.5x
-        the default's scoring speed on a CPU (benchmarks/score_speed.py)."""
+        """"default", or "cpu": 128 bytes per packet and three byte-encoder layers, 2.3x
+        the default's scoring speed on our 2-core CPU (benchmarks/score_speed.py)."""
         presets = {"default": {}, "cpu": {"length": 128, "byte_channels": (8, 16, 32)}}
         if name not in presets:
             raise ValueError(f"unknown flow-level config {name!r}; choose "

@@ -35,7 +35,7 @@ def register(sub) -> None:
                    help="mixed precision on CUDA (default bf16; ignored on CPU)")
     p.add_argument("--flow-config", choices=["default", "cpu"], default="default",
                    help="flow level: model size, default, or cpu (128 bytes per packet, a "
-                        "shallower byte encoder: ~2.5x faster scoring on a CPU)")
+                        "shallower byte encoder: ~2.3x faster scoring on a CPU)")
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
                    help="flow level: flows per step, all GPUs together (default: the "
                         "config's 64; larger batches scale the learning rate by "
@@ -45,7 +45,8 @@ def register(sub) -> None:
                         "takes about a minute, worth it for long runs)")
     p.add_argument("--shard-flows", type=int, default=None, metavar="N",
                    help="flow level: stream the training flows from the extraction in "
-                        "shards of N flows (RAM bounded by the shard: N x K x 256 bytes) "
+                        "shards of N flows (samples in RAM: two shards of N x K x 256 "
+                        "bytes; the flow table still grows with the data, docs/scale.md) "
                         "instead of loading them all")
     p.add_argument("--ddp", action="store_true",
                    help="flow level: DistributedDataParallel across the processes torchrun "
