@@ -3,9 +3,10 @@
 A week of a busy sensor (~100M flows) does not fit in RAM as dense samples. Every epoch the
 training flows are shuffled globally and cut into shards of `shard_flows`; a shard is read from
 the memory-mapped stores (in store order, for locality), moved to the training device and
-shuffled there, while a background thread reads the next one. The samples in host memory stay at about two
-shards (the one training and the one being read); the stores' file pages this process read
-are dropped after each shard so they do not pile up in its resident set.
+shuffled there, while a background thread reads the next one. The samples in host memory
+stay at about two shards (the one training and the one being read); the stores' file pages
+this process read are dropped after each shard so they do not pile up in its resident set.
+(The flow table is still read whole: docs/scale.md.)
 """
 
 from __future__ import annotations
