@@ -155,7 +155,10 @@ def normal_parts(extract_dirs: Sequence[str | os.PathLike], max_flows: int | Non
         for s in stores:
             s.flows = s.flows.iloc[:0]
     scored = flows["n_selected"].to_numpy() > 0
-    normal = flows[(flows["label"] == "normal").to_numpy() & scored].reset_index(drop=True)
+    label = flows["label"].to_numpy()
+    anomalous = flows[label == "anomalous"].reset_index(drop=True)
+    normal = flows[(label == "normal") & scored].reset_index(drop=True)
+    del flows, label        # (at 6M flows each copy of the table is GBs: docs/scale.md)
     if exclude_uids:
         out = normal["uid"].isin(exclude_uids).to_numpy()
         log(f"excluded {int(out.sum())} normal flows whose uid is in the exclusion list "
@@ -167,7 +170,9 @@ def normal_parts(extract_dirs: Sequence[str | os.PathLike], max_flows: int | Non
     n_all = len(normal)
     if max_flows_per_file:
         normal = normal[cap_flows_per_file(normal, max_flows_per_file, seed)]
-    normal = normal[budget_flows(normal.reset_index(drop=True), max_flows)]
+    keep = budget_flows(normal.reset_index(drop=True), max_flows)
+    if not keep.all():
+        normal = normal[keep]
     normal = normal.reset_index(drop=True)
     if len(normal) < n_all:
         log(f"using {len(normal)} of {n_all} normal flows (max {max_flows} in all"
@@ -179,8 +184,7 @@ def normal_parts(extract_dirs: Sequence[str | os.PathLike], max_flows: int | Non
     if len(parts["calib"]) == 0:
         parts["calib"] = parts["val"]
         log("warning: no capture file left for threshold calibration: using the val files")
-    parts["anomalous"] = flows[(flows["label"] == "anomalous").to_numpy()].reset_index(
-        drop=True)
+    parts["anomalous"] = anomalous
     return parts, stores
 
 
