@@ -42,6 +42,21 @@ class GpuFlowScorer:
         self.copied = [torch.cuda.Event() for _ in (0, 1)]
         self.used = [torch.cuda.Event() for _ in (0, 1)]
         self.core = torch.compile(self._core, mode="reduce-overhead") if compile else self._core
+        if not compile:
+            self.warm_up()
+
+    def warm_up(self) -> None:
+        """Run every batch shape once at load: a shape's first batch pays for kernel choice
+        and lazy module loading, which a live service would otherwise pay mid-stream (one
+        suspect of run D's 0.5 s tail, README; compiled graphs are captured on first use
+        instead: minutes for all shapes)."""
+        k, length = self.shape[1:]
+        size = 64
+        while True:
+            self.parts(np.zeros((min(size, self.batch_size), k, length), np.uint8))
+            if size >= self.batch_size:
+                break
+            size *= 2
 
     @torch.no_grad()
     def _core(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
