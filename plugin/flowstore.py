@@ -277,8 +277,10 @@ class FlowStore:
 
     @classmethod
     def open(cls, path: str | os.PathLike, mmap: bool = True,
-             columns: list[str] | None = None) -> FlowStore:
-        """columns: read only these of the flow table (training needs 6 of ~25: at 100M
+             columns: list[str] | None = None,
+             categorical: list[str] | None = None) -> FlowStore:
+        """columns: read only these of the flow table; categorical: read these as pandas
+        categoricals (training needs 5 of 23 columns, labels and file names repeat: at 100M
         flows the table, not the memory-mapped samples, is what fills RAM)."""
         p = Path(path)
         try:
@@ -298,7 +300,8 @@ class FlowStore:
             size = (p / "packets.bin").stat().st_size
             blob = (np.memmap(p / "packets.bin", np.uint8, "r") if size and mmap else
                     np.fromfile(p / "packets.bin", np.uint8))
-            flows = pq.read_table(p / "flows.parquet", columns=columns).to_pandas()
+            flows = pq.read_table(p / "flows.parquet", columns=columns,
+                                  read_dictionary=categorical).to_pandas()
         except (OSError, ValueError) as e:
             raise ValueError(f"{p}: unreadable extraction ({e})") from e
         n = arrays["pkt_off"].shape[0]

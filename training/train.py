@@ -69,8 +69,10 @@ def _rows(stores: list[FlowStore], flows: pd.DataFrame) -> Part:
 SPLITS = ("auto", "file", "time")
 LEVELS = ("flow", "packet")
 DEFAULT_MAX_FLOWS = 50_000
-# what training reads of each flow table (the rest stays on disk: docs/scale.md)
-TRAIN_COLUMNS = ["row", "uid", "ts", "n_selected", "label", "source_file"]
+# what training reads of each flow table (the rest stays on disk: docs/scale.md); uid only
+# with --exclude-uids; labels and file names as categoricals (a few values, repeated)
+TRAIN_COLUMNS = ["row", "ts", "n_selected", "label", "source_file"]
+TRAIN_CATEGORICAL = ["label", "source_file"]
 
 
 def _time_split(normal: pd.DataFrame, why: str, log: Callable[[str], None]) -> np.ndarray:
@@ -127,7 +129,7 @@ def normal_parts(extract_dirs: Sequence[str | os.PathLike], max_flows: int | Non
                      DEFAULT_MAX_FLOWS), seed: int = 42, log: Callable[[str], None] = print,
                  max_flows_per_file: int | None = None, split: str = "auto",
                  min_calib: int = 0, exclude_uids: set[str] | None = None,
-                 columns: list[str] | None = None,
+                 columns: list[str] | None = None, categorical: list[str] | None = None,
                  ) -> tuple[dict[str, pd.DataFrame], list[FlowStore]]:
     """The flow tables of train / val / calib (normal flows with a sample) and anomalous
     (all labelled anomalous flows), without packet rows. Columns _store (extraction index)
@@ -135,13 +137,15 @@ def normal_parts(extract_dirs: Sequence[str | os.PathLike], max_flows: int | Non
     detectors on exactly the flows `semiflow train` uses. `min_calib`: see split_normal.
     `exclude_uids`: flows an analyst confirmed (or anyone distrusts) never count as normal.
     `columns`: the flow-table columns to read (None: all; TRAIN_COLUMNS is what training
-    needs)."""
+    needs, plus uid to exclude uids), `categorical` those to read as categoricals."""
+    if columns is not None and exclude_uids and "uid" not in columns:
+        columns = [*columns, "uid"]
     if not extract_dirs:
         raise ValueError("no extraction directory given")
     stores = []
     for d in extract_dirs:
         try:
-            stores.append(FlowStore.open(d, columns=columns))
+            stores.append(FlowStore.open(d, columns=columns, categorical=categorical))
         except (OSError, KeyError, ValueError) as e:
             raise ValueError(f"{d}: not a readable extraction directory ({e})") from e
     spec = stores[0].spec
@@ -303,7 +307,8 @@ def train(extract_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     min_calib = math.ceil(1.0 / target_fpr) if 0 < target_fpr < 1 else 0
     if level == "flow":
         parts, stores = normal_parts(extract_dirs, max_flows, seed, log, max_flows_per_file,
-                                     split, min_calib, exclude_uids, columns=TRAIN_COLUMNS)
+                                     split, min_calib, exclude_uids, columns=TRAIN_COLUMNS,
+                                     categorical=TRAIN_CATEGORICAL)
         log(f"labelled anomalous flows: {len(parts['anomalous'])} -- used ONLY for the "
             "validation report, never for fitting or early stopping")
         prov = _provenance(parts, extract_dirs, command, seed, max_flows_per_file, max_flows,
