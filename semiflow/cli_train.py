@@ -39,7 +39,9 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
                    help="flow level: flows per step, all GPUs together (default: the "
                         "config's 64; larger batches scale the learning rate by "
-                        "sqrt(N/64) with warm-up and cosine decay; 1024-4096 on a GPU)")
+                        "sqrt(N/64) with warm-up and cosine decay; e.g. 1024 on a GPU for "
+                        "millions of flows: in the same epochs a small data set trains less "
+                        "well with large batches, docs/scale.md)")
     p.add_argument("--compile", action="store_true",
                    help="flow level: torch.compile the trained modules (GPU; compiling "
                         "takes about a minute, worth it for long runs)")
