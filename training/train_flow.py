@@ -95,13 +95,15 @@ def train_flow(parts: dict[str, pd.DataFrame], stores: list[FlowStore], out: Pat
              "shard_flows": shard_flows}
     if dist.rank != 0:
         return speed                       # rank 0 calibrates and writes the artifact
-    chunk = shard_flows
-    if len(X["val"]) == len(parts["val"]):
-        val_s = det.anomaly_score(X["val"]) if len(X["val"]) else np.zeros(0)
-    else:
-        val_s = _scores(det, stores, parts["val"], cfg, chunk)
-    calib_s = (_scores(det, stores, parts["calib"], cfg, chunk) if len(parts["calib"])
-               else val_s)
+
+    def scores(name: str) -> np.ndarray:
+        """A part's scores: from the samples already in memory, else read in shards."""
+        if name in X and len(X[name]) == len(parts[name]):
+            return det.anomaly_score(X[name]) if len(X[name]) else np.zeros(0)
+        return _scores(det, stores, parts[name], cfg, shard_flows)
+
+    val_s = scores("val")
+    calib_s = scores("calib") if len(parts["calib"]) else val_s
     threshold = calibrate_threshold(calib_s, target_fpr, "flow")
     log(f"threshold {threshold.value:.6g} at target FPR {target_fpr:g} "
         f"(achieved {threshold.achieved_fpr:.4g} on {threshold.n_normal} held-out normal flows"
@@ -109,7 +111,7 @@ def train_flow(parts: dict[str, pd.DataFrame], stores: list[FlowStore], out: Pat
     metrics = {**speed, "history": det.history_, "threshold": threshold.to_dict(),
                "val_at_threshold": rates_at(threshold.value, val_s)}
     if len(parts["anomalous"]):
-        anom_s = _scores(det, stores, parts["anomalous"], cfg, chunk)
+        anom_s = scores("anomalous")
         held = np.concatenate([val_s, calib_s])
         y = np.r_[np.zeros(len(held)), np.ones(len(anom_s))]
         report = {"n_anomalous_flows": int(len(anom_s)), "n_anomalous_unscored": 0,
