@@ -15,9 +15,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .semiflow_flownet import flow_inputs
-from .train_loop import autocast
-
 
 def bucket(m: int, limit: int) -> int:
     """The batch shape for m flows: the next power of two (at least 64, at most limit), so
@@ -58,15 +55,8 @@ class GpuFlowScorer:
                 break
             size *= 2
 
-    @torch.no_grad()
     def _core(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        det = self.det
-        rows, meta, svc = flow_inputs(x, det.config_, det.device_)
-        with autocast(det.device_, self.amp):
-            e = det.encoder_(rows, meta, svc)
-            out = det.decoder_(e)
-        rec = det._rec_error(rows, meta, svc, tuple(o.float() for o in out))
-        return det.flow_.nll_per_flow(e.float()), rec.double()
+        return self.det.latent_nll_rec(x, self.amp)[1:]
 
     @torch.inference_mode()
     def parts(self, X: np.ndarray) -> dict[str, np.ndarray]:

@@ -37,6 +37,7 @@ from .semiflow_model import (
     Flow,
     SemiFlowConfig,
 )
+from .train_loop import seed_for
 
 STAGES = ("reconstruction", "flow", "classifier")
 # What anomaly_score returns: the method's classifier log-odds, or the flow's NLL per
@@ -92,12 +93,8 @@ class SemiFlowDetector:
         return torch.autocast("cuda", dtype=dtype)
 
     def _gen(self, *salt: int) -> torch.Generator:
-        g = torch.Generator(device=self.device_)
-        seed = self.config_.seed
-        for v in salt:
-            seed = (seed * 1_000_003 + int(v)) % (2 ** 63)
-        g.manual_seed(seed)
-        return g
+        return torch.Generator(device=self.device_).manual_seed(
+            seed_for(self.config_.seed, *salt))
 
     def _build(self) -> None:
         cfg = self.config_

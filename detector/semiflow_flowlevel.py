@@ -100,11 +100,8 @@ class FlowSemiFlowDetector:
         return FlowNetConfig.from_dict({**cfg.to_dict(), **over})
 
     def _gen(self, *salt: int) -> torch.Generator:
-        g = torch.Generator(device=self.device_)
-        seed = self.config_.seed
-        for v in salt:
-            seed = (seed * 1_000_003 + int(v)) % (2 ** 63)
-        return g.manual_seed(seed)
+        return torch.Generator(device=self.device_).manual_seed(
+            seed_for(self.config_.seed, *salt))
 
     def _modules(self) -> dict:
         mods = {"encoder": self.encoder_, "decoder": self.decoder_, "flow": self.flow_,
@@ -318,18 +315,29 @@ class FlowSemiFlowDetector:
         self.gpu_scorer_ = GpuFlowScorer(self, batch_size, amp, compile)
 
     @torch.no_grad()
+    def latent_nll_rec(self, X, amp: str = "off"
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Flow samples (array or tensor) -> (latent, NLL per dimension, reconstruction
+        error), float64 scores; `amp` autocasts the byte encoder/decoder on CUDA (the flow's
+        NLL stays fp32). The one computation behind both scoring paths."""
+        rows, meta, svc = flow_inputs(X, self.config_, self.device_)
+        with autocast(self.device_, amp):
+            e = self.encoder_(rows, meta, svc)
+            out = self.decoder_(e)
+        e = e.float()
+        rec = self._rec_error(rows, meta, svc, tuple(o.float() for o in out))
+        return e, self.flow_.nll_per_flow(e), rec.double()
+
+    @torch.no_grad()
     def _parts(self, X: np.ndarray, batch_size: int = 2048) -> dict[str, np.ndarray]:
         fast = getattr(self, "gpu_scorer_", None)
         if fast is not None and self.classifier_ is None:
             return fast.parts(X)
         out: dict[str, list] = {"nll": [], "rec": [], "classifier": []}
         for i in range(0, len(X), batch_size):
-            rows, meta, svc = flow_inputs(X[i:i + batch_size, :, : self.config_.length],
-                                          self.config_, self.device_)
-            e = self.encoder_(rows, meta, svc)
-            rec = self._rec_error(rows, meta, svc, self.decoder_(e))
-            out["rec"].append(rec.double().cpu().numpy())
-            out["nll"].append(self.flow_.nll_per_flow(e).cpu().numpy())
+            e, nll, rec = self.latent_nll_rec(X[i:i + batch_size, :, : self.config_.length])
+            out["rec"].append(rec.cpu().numpy())
+            out["nll"].append(nll.cpu().numpy())
             if self.classifier_ is not None:     # artifacts do not store it
                 logits = self.classifier_(self.flow_.standardise(e)).double()
                 out["classifier"].append((logits[:, 1] - logits[:, 0]).cpu().numpy())
