@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed_data import load  # noqa: E402
 
 from semiflow.detector.spec import FlowSampleSpec  # noqa: E402
-from semiflow.plugin.flowstore import NpyStreamWriter  # noqa: E402
+from semiflow.plugin.flowstore import packet_array_writers, write_meta  # noqa: E402
 
 
 def build_store(X: np.ndarray, n_flows: int, files: int, out: Path) -> None:
@@ -44,9 +44,7 @@ def build_store(X: np.ndarray, n_flows: int, files: int, out: Path) -> None:
     offs0[present] = np.concatenate([[0], np.cumsum(ext[present])[:-1]])
     blob = np.concatenate([X[i, j, :ext[i, j]] for i, j in zip(*np.nonzero(present))])
     reps = -(-n_flows // n0)
-    w = {n: NpyStreamWriter(out / f"{n}.npy", t, (k,)) for n, t in (
-        ("pkt_off", np.int64), ("pkt_ext", np.int32), ("pkt_dir", np.int8),
-        ("pkt_ts", np.float64), ("pkt_len", np.int32))}
+    w = packet_array_writers(out, k)
     left = n_flows
     with open(out / "packets.bin", "wb") as f:
         for r in range(reps):
@@ -69,10 +67,8 @@ def build_store(X: np.ndarray, n_flows: int, files: int, out: Path) -> None:
         "label": "normal", "family": "", "source": "",
         "source_file": [f"tile{i // per_file:04d}.pcap" for i in range(n_flows)]})
     flows.to_parquet(out / "flows.parquet", index=False)
-    spec = FlowSampleSpec(k=k, l=length)
-    (out / "extract.json").write_text(json.dumps({
-        "inputs": [], "packets": 0, "skipped": {}, "bad_files": [], "seconds": 0,
-        "spec": spec.to_dict(), "flows": n_flows, "format_version": 2}))
+    write_meta(out, FlowSampleSpec(k=k, l=length), n_flows,
+               {"inputs": [], "packets": 0, "skipped": {}, "bad_files": [], "seconds": 0})
 
 
 def train(store: Path, out: Path, device: str | None, shard_flows: int | None,

@@ -206,6 +206,25 @@ class PackedSamples:
         return a if dtype is None else a.astype(dtype)
 
 
+FORMAT_VERSION = 2
+# The per-packet arrays of an extraction (see the module docstring), each [N, K].
+PACKET_ARRAYS = {"pkt_off": np.int64, "pkt_ext": np.int32, "pkt_dir": np.int8,
+                 "pkt_ts": np.float64, "pkt_len": np.int32}
+
+
+def packet_array_writers(out_dir: str | os.PathLike, k: int) -> dict[str, NpyStreamWriter]:
+    """One streaming .npy writer per per-packet array, in PACKET_ARRAYS order."""
+    return {n: NpyStreamWriter(Path(out_dir) / f"{n}.npy", t, (k,))
+            for n, t in PACKET_ARRAYS.items()}
+
+
+def write_meta(out_dir: str | os.PathLike, spec: FlowSampleSpec, flows: int, meta: dict
+               ) -> None:
+    """extract.json: what the writer saw (`meta`), the spec, the flow count, the format."""
+    meta = dict(meta, spec=spec.to_dict(), flows=flows, format_version=FORMAT_VERSION)
+    (Path(out_dir) / "extract.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+
+
 class FlowStoreWriter:
     """Streams batches of flows into an extraction directory."""
 
@@ -216,11 +235,9 @@ class FlowStoreWriter:
         k = spec.k
         self._blob = open(self.dir / "packets.bin", "wb")
         self._blob_size = 0
-        self.pkt_off = NpyStreamWriter(self.dir / "pkt_off.npy", np.int64, (k,))
-        self.pkt_ext = NpyStreamWriter(self.dir / "pkt_ext.npy", np.int32, (k,))
-        self.pkt_dir = NpyStreamWriter(self.dir / "pkt_dir.npy", np.int8, (k,))
-        self.pkt_ts = NpyStreamWriter(self.dir / "pkt_ts.npy", np.float64, (k,))
-        self.pkt_len = NpyStreamWriter(self.dir / "pkt_len.npy", np.int32, (k,))
+        w = packet_array_writers(self.dir, k)
+        self.pkt_off, self.pkt_ext, self.pkt_dir, self.pkt_ts, self.pkt_len = (
+            w[n] for n in PACKET_ARRAYS)
         self._pq: pq.ParquetWriter | None = None
         self.rows = 0
 
@@ -258,8 +275,7 @@ class FlowStoreWriter:
                            self.dir / "flows.parquet")
         else:
             self._pq.close()
-        meta = dict(meta, spec=self.spec.to_dict(), flows=self.rows, format_version=2)
-        (self.dir / "extract.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        write_meta(self.dir, self.spec, self.rows, meta)
 
 
 @dataclass
@@ -289,9 +305,10 @@ class FlowStore:
             raise ValueError(f"{p} is not an extraction directory (no extract.json)") from e
         except ValueError as e:
             raise ValueError(f"{p}/extract.json is corrupt: {e}") from e
-        if meta.get("format_version") != 2:
+        if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{p}: extraction format {meta.get('format_version')} is not "
-                             "supported by this version (2); re-run semiflow extract")
+                             f"supported by this version ({FORMAT_VERSION}); re-run semiflow "
+                             "extract")
         spec = FlowSampleSpec.from_dict(meta["spec"])
         mode = "r" if mmap else None
         try:

@@ -25,10 +25,7 @@ import pyarrow.parquet as pq
 
 from semiflow.detector.spec import FlowSampleSpec
 from semiflow.plugin.capture import ScanReport
-from semiflow.plugin.flowstore import NpyStreamWriter
-
-ARRAYS = {"pkt_off": np.int64, "pkt_ext": np.int32, "pkt_dir": np.int8,
-          "pkt_ts": np.float64, "pkt_len": np.int32}
+from semiflow.plugin.flowstore import packet_array_writers, write_meta
 
 
 def _some(jobs: list[tuple[int, str, str]], spec: FlowSampleSpec, manifest, conn_labels,
@@ -100,7 +97,7 @@ def merge_stores(parts: list[Path], out: Path, spec: FlowSampleSpec,
     """Concatenate per-capture extraction directories into `out` (offsets shifted, rows
     renumbered) and the per-capture reports into one."""
     merged = ScanReport()
-    writers = {n: NpyStreamWriter(out / f"{n}.npy", t, (spec.k,)) for n, t in ARRAYS.items()}
+    writers = packet_array_writers(out, spec.k)
     inputs, pq_writer, schema, blob_size, rows = [], None, None, 0, 0
     with open(out / "packets.bin", "wb") as blob:
         for part, rep in zip(parts, reports):
@@ -136,8 +133,7 @@ def merge_stores(parts: list[Path], out: Path, spec: FlowSampleSpec,
     for w in writers.values():
         w.close()
     merged.flows = rows
-    meta = {"inputs": inputs, "packets": merged.packets, "skipped": merged.skipped,
-            "bad_files": [list(b) for b in merged.bad_files], "seconds": round(seconds, 3),
-            "spec": spec.to_dict(), "flows": rows, "format_version": 2}
-    (out / "extract.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    write_meta(out, spec, rows, {"inputs": inputs, "packets": merged.packets,
+                                 "skipped": merged.skipped, "seconds": round(seconds, 3),
+                                 "bad_files": [list(b) for b in merged.bad_files]})
     return merged
