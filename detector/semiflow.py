@@ -11,7 +11,6 @@ Every stage early-stops on validation data that needs no labelled anomaly.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +36,7 @@ from .semiflow_model import (
     Flow,
     SemiFlowConfig,
 )
-from .train_loop import seed_for
+from .train_loop import autocast, seed_for
 
 STAGES = ("reconstruction", "flow", "classifier")
 # What anomaly_score returns: the method's classifier log-odds, or the flow's NLL per
@@ -87,10 +86,7 @@ class SemiFlowDetector:
             self.log(msg)
 
     def _autocast(self):
-        if self.device_.type != "cuda" or self.amp == "off":
-            return contextlib.nullcontext()
-        dtype = torch.float16 if self.amp == "fp16" else torch.bfloat16
-        return torch.autocast("cuda", dtype=dtype)
+        return autocast(self.device_, self.amp)
 
     def _gen(self, *salt: int) -> torch.Generator:
         return torch.Generator(device=self.device_).manual_seed(

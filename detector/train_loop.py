@@ -96,11 +96,6 @@ class DistContext:
             for b in module.buffers():
                 dist.broadcast(b, 0)
 
-    def barrier(self) -> None:
-        if self.active:
-            import torch.distributed as dist
-            dist.barrier()
-
     def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
         """DDP around a module whose parameters this stage trains (a no-op for one rank)."""
         if not self.active:
