@@ -104,6 +104,30 @@ async def _recv(pipe, timeout: float):
     return pipe.recv()
 
 
+def timeline(lat_ms: np.ndarray, done_at: np.ndarray, t0: float, step: float = 1.0
+             ) -> list[dict]:
+    """Verdict latency per `step` seconds of the run (by when the verdict came back): where
+    the tail sits in time (a start-up transient, periodic stalls, or the whole run)."""
+    if len(lat_ms) == 0:
+        return []
+    b = ((done_at - t0) // step).astype(int)
+    out = []
+    for i in range(b.max() + 1):
+        x = lat_ms[b == i]
+        if len(x):
+            out.append({"t": i * step, "flows": int(len(x)),
+                        "p50_ms": float(np.percentile(x, 50)),
+                        "p99_ms": float(np.percentile(x, 99)), "max_ms": float(x.max())})
+    return out
+
+
+def print_timeline(rows: list[dict]) -> None:
+    print("    second   flows    p50 ms    p99 ms    max ms")
+    for r in rows:
+        print(f"    {r['t']:6.0f} {r['flows']:7d} {r['p50_ms']:9.1f} {r['p99_ms']:9.1f} "
+              f"{r['max_ms']:9.1f}")
+
+
 async def run_once(label: str, cmd: list[str] | None, reqs: list, cfg: dict, n_pub: int,
                    workers: int = 1, n_hubs: int = 1) -> dict:
     """One measurement: the hubs (Zeek's WebSocket server(s), each its own process), the
@@ -152,6 +176,10 @@ async def run_once(label: str, cmd: list[str] | None, reqs: list, cfg: dict, n_p
     n = sum(r["flows"] for r in res)
     wall = max(r["t1"] for r in res) - min(r["t0"] for r in res)
     lat = np.concatenate([np.asarray(r["lat"]) for r in res]) * 1000
+    done_at = np.concatenate([np.asarray(r["done_at"]) for r in res])
+    t_start = min(r["t0"] for r in res)
+    # the same percentile without the first 2 s (a start-up transient, if any): both printed
+    late = lat[done_at - t_start >= 2.0]
     st: dict[str, int] = {}
     for r in res:
         for k, v in r["statuses"].items():
@@ -160,7 +188,9 @@ async def run_once(label: str, cmd: list[str] | None, reqs: list, cfg: dict, n_p
     out = {"label": label, "workers": workers, "publishers": n_pub,
            "batch_size": cfg["batch_size"], "flows": n, "seconds": wall,
            "flows_per_s": n / wall, "p50_ms": float(np.percentile(lat, 50)),
-           "p99_ms": float(np.percentile(lat, 99)), "statuses": st,
+           "p99_ms": float(np.percentile(lat, 99)),
+           "p99_after_2s_ms": float(np.percentile(late, 99)) if len(late) else None,
+           "max_ms": float(lat.max()), "statuses": st,
            "detector_cpu_us_per_flow": cpu / n * 1e6, "requests_per_flow": msgs / n,
            "verdict_msgs_per_flow": hst["verdicts"] / n if cmd is not None else 0.0,
            "publisher_cpu_us_per_flow": sum(r["cpu"] for r in res) / n * 1e6,
@@ -174,7 +204,9 @@ async def run_once(label: str, cmd: list[str] | None, reqs: list, cfg: dict, n_p
     batch = f"batch {cfg['batch_size']}" if cfg["batch_size"] else "per-flow"
     print(f"{label:>16}, {who}, {n_pub} publisher(s), {batch}: {n} flows in {wall:.2f}s = "
           f"{n / wall:,.0f} flows/s; latency p50 {out['p50_ms']:.1f} ms, p99 "
-          f"{out['p99_ms']:.1f} ms; detector CPU {out['detector_cpu_us_per_flow']:.0f} "
+          f"{out['p99_ms']:.1f} ms (after the first 2 s: "
+          f"{out['p99_after_2s_ms'] or float('nan'):.1f} ms), max {out['max_ms']:.1f} ms; "
+          f"detector CPU {out['detector_cpu_us_per_flow']:.0f} "
           f"us/flow (main process {out['serve_main_cpu_us_per_flow']:.0f}, "
           f"{out['detector_cores']:.2f} cores in all, main {out['serve_main_cores']:.2f}); "
           f"{len(hub_cpus)} hub(s) {out['hub_cpu_us_per_flow']:.0f} us/flow (busiest "
@@ -182,6 +214,9 @@ async def run_once(label: str, cmd: list[str] | None, reqs: list, cfg: dict, n_p
           f"publisher CPU {out['publisher_cpu_us_per_flow']:.0f} us/flow; "
           f"{out['requests_per_flow']:.3f} request msgs/flow, "
           f"{out['verdict_msgs_per_flow']:.3f} verdict msgs/flow; {st}", flush=True)
+    out["timeline"] = timeline(lat, done_at, t_start)
+    if cfg.get("timeline"):
+        print_timeline(out["timeline"])
     return out
 
 
@@ -244,6 +279,11 @@ def main() -> None:
     ap.add_argument("--no-ceiling", action="store_true",
                     help="skip the load generator's own ceiling run")
     ap.add_argument("--serve-log", action="store_true", help="show the detector's log")
+    ap.add_argument("--timeline", action="store_true",
+                    help="print latency p50/p99/max per second of each run")
+    ap.add_argument("--serve-args", default="",
+                    help="extra `semiflow serve` options for the real model, e.g. "
+                         "'--gpu-path off' (an A/B in one invocation: run it twice)")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--serve-trivial", action="store_true", help=argparse.SUPPRESS)
     if sys.argv[1:2] == ["--serve-trivial"]:
@@ -271,14 +311,15 @@ def main() -> None:
             "--threads", "1", "--zeek"]
     # the detector's drift/shadow logs go to a scratch dir, not the working directory
     lifecycle = ["--lifecycle-dir", tempfile.mkdtemp(prefix="serve-bench-")]
-    cmds = {"real model": [sys.executable, "-m", "semiflow", "serve", *lifecycle, *opts],
+    cmds = {"real model": [sys.executable, "-m", "semiflow", "serve", *lifecycle,
+                           *a.serve_args.split(), *opts],
             "trivial scorer": [sys.executable, __file__, "--serve-trivial", *opts]}
     want = {"trivial": "trivial scorer", "real": "real model"}
     results = []
     for bs in map(int, a.batch_sizes.split(",")):
         cfg = {"flows": a.flows, "window": a.window, "batch_size": bs,
                "batch_wait": a.batch_wait_ms / 1000.0, "rate": a.rate,
-               "serve_log": a.serve_log}
+               "serve_log": a.serve_log, "timeline": a.timeline}
         if not a.no_ceiling:
             results.append(asyncio.run(run_once("load generator", None, reqs, cfg,
                                                 a.publishers, n_hubs=a.hubs)))

@@ -255,6 +255,7 @@ async def _publish(idx: int, urls: list[str], reqs: list, cfg: dict, conn) -> di
     loop = asyncio.get_running_loop()
     sent: dict[str, float] = {}
     lat: list[float] = []
+    done_at: list[float] = []     # when each latency was seen (a timeline of the run)
     statuses: dict[str, int] = {}
     done = asyncio.Event()
     room = asyncio.Event()
@@ -276,6 +277,7 @@ async def _publish(idx: int, urls: list[str], reqs: list, cfg: dict, conn) -> di
                 t = sent.pop(u, None)
                 if t is not None:
                     lat.append(now - t)
+                    done_at.append(now)
                 statuses[s] = statuses.get(s, 0) + 1
             got += len(uids)
             room.set()
@@ -369,5 +371,6 @@ async def _publish(idx: int, urls: list[str], reqs: list, cfg: dict, conn) -> di
         cpu = time.process_time() - cpu0
         for rx in rxs:
             rx.cancel()
-    return {"idx": idx, "t0": t0, "t1": t1, "lat": lat, "statuses": statuses,
+    return {"idx": idx, "t0": t0, "t1": t1, "lat": lat, "done_at": done_at,
+            "statuses": statuses,
             "messages": msgs_out, "cpu": cpu, "flows": n}

@@ -26,7 +26,8 @@ VERDICT_UNSCORED = "unscored"
 
 class FlowScorer:
     def __init__(self, artifact: Artifact, device: str | torch.device | None = None,
-                 batch_size: int = 4096, amp: str = "off", compile: bool = False):
+                 batch_size: int = 4096, amp: str = "off", compile: bool = False,
+                 gpu_path: bool = True):
         self.artifact = artifact
         self.device = resolve_device(device)
         self.batch_size = batch_size
@@ -35,7 +36,7 @@ class FlowScorer:
                               if artifact.level == "flow" else None)
         if self.flow_detector is not None:
             self.encoder = self.classifier = self.flow = None
-            if self.device.type == "cuda":   # large batches, overlapped copies
+            if self.device.type == "cuda" and gpu_path:   # large batches, overlapped copies
                 self.flow_detector.use_gpu_scorer(max(batch_size, 16384), amp, compile)
             return
         self.encoder, self.classifier = build_modules(artifact, self.device)
@@ -126,7 +127,8 @@ class FlowScorer:
 
 
 def load_scorer(path: str | os.PathLike, device: str | torch.device | None = None,
-                batch_size: int = 4096, amp: str = "off", compile: bool = False) -> FlowScorer:
+                batch_size: int = 4096, amp: str = "off", compile: bool = False,
+                gpu_path: bool = True) -> FlowScorer:
     """Load an artifact directory for inference (CUDA if available, else CPU).
 
     The model scores one empty sample of its own spec before it is handed out: an artifact
@@ -135,9 +137,9 @@ def load_scorer(path: str | os.PathLike, device: str | torch.device | None = Non
     scores through detector/flow_inference.py: `amp` "bf16" autocasts its byte encoder and
     decoder (on the lab's 39,335 flows it flipped 3 verdicts of the bundled model, median
     score change 0.039 against a threshold of 15.0: benchmarks/score_speed.py), `compile`
-    captures it as CUDA graphs."""
+    captures it as CUDA graphs; `gpu_path` False keeps the plain loop (an A/B switch)."""
     scorer = FlowScorer(load_artifact(path), device=device, batch_size=batch_size, amp=amp,
-                        compile=compile)
+                        compile=compile, gpu_path=gpu_path)
     spec = scorer.spec
     try:
         s = scorer.score_flows(np.zeros((1, spec.k, spec.l), np.uint8), np.ones(1, np.int64))

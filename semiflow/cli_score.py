@@ -66,7 +66,7 @@ def score_captures(captures: list[str], model_dir: str | Path, out_dir: str | Pa
                    json: bool = False, device: str | None = None, progress: bool = False,
                    batch_flows: int | None = None, explain: bool = False,
                    allowlist: str | Path | None = None, amp: str = "off",
-                   compile: bool = False) -> ScoreResult:
+                   compile: bool = False, gpu_path: bool = True) -> ScoreResult:
     """Extract with the model's spec, score every flow, write semiflow.log + notice.log."""
     from semiflow.detector.scoring import load_scorer
     from semiflow.plugin.flowstore import FlowStore
@@ -76,7 +76,8 @@ def score_captures(captures: list[str], model_dir: str | Path, out_dir: str | Pa
     for c in captures:
         if not Path(c).is_file():
             raise ValueError(f"{c}: no such capture file")
-    scorer = load_scorer(model_dir, device=device, amp=amp, compile=compile)
+    scorer = load_scorer(model_dir, device=device, amp=amp, compile=compile,
+                         gpu_path=gpu_path)
     if batch_flows is None:   # the GPU path wants large batches (docs/scale.md)
         batch_flows = 16384 if scorer.device.type == "cuda" else 2048
     out = Path(out_dir)
@@ -209,6 +210,9 @@ def add_gpu_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true",
                    help="CUDA: capture the model as CUDA graphs (torch.compile; ~1 minute to "
                         "compile, then the fastest path)")
+    p.add_argument("--gpu-path", choices=["on", "off"], default="on",
+                   help="CUDA: score through the GPU path (large fixed batch shapes, pinned "
+                        "and overlapped copies; default on) or the plain loop (off: to compare)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -223,6 +227,6 @@ def run(args: argparse.Namespace) -> int:
     res = score_captures(captures, model, args.out, json=args.json, device=args.device,
                          progress=not args.quiet and sys.stderr.isatty(),
                          explain=args.explain, allowlist=args.allowlist, amp=args.amp,
-                         compile=args.compile)
+                         compile=args.compile, gpu_path=args.gpu_path == "on")
     print_summary(res, top=args.top)
     return 0

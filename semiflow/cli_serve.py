@@ -374,7 +374,8 @@ def run(args: argparse.Namespace, scorer: Scorer | None = None) -> int:
         if scorer is None:
             from semiflow.serve_lifecycle import Lifecycle
             lifecycle = Lifecycle(args, lambda path: load_scorer(
-                path, device=args.device, amp=args.amp, compile=args.compile))
+                path, device=args.device, amp=args.amp, compile=args.compile,
+                gpu_path=args.gpu_path == "on"))
             scorer = lifecycle.slot
         return run_pool(args, scorer, shards, lifecycle=lifecycle)
     topics = topics_for(args.topic_prefix, args.shard)
@@ -389,7 +390,8 @@ def run(args: argparse.Namespace, scorer: Scorer | None = None) -> int:
     elif scorer is None:
         from semiflow.serve_lifecycle import Lifecycle
         lifecycle = Lifecycle(args, lambda path: load_scorer(
-                path, device=args.device, amp=args.amp, compile=args.compile))
+                path, device=args.device, amp=args.amp, compile=args.compile,
+                gpu_path=args.gpu_path == "on"))
         scorer = lifecycle.slot
     samples = None
     if args.sample_store:
