@@ -13,7 +13,8 @@ batch 64, fp32, eager ("b64-fp32").
 
 --speed-flows N also times 2 epochs a stage on the training flows tiled to N flows (a larger
 data set than the lab's 23k flows, where per-epoch overheads no longer count).
-Variant names: b<batch>-<fp32|bf16>[-compile][-lin] (-lin: linear learning-rate scaling).
+Variant names: b<batch>-<fp32|bf16>[-compile][-lin][-graph] (-lin: linear learning-rate
+scaling; -graph: each step replayed as one CUDA graph, `semiflow train`'s default on one GPU).
 """
 
 from __future__ import annotations
@@ -38,11 +39,12 @@ from semiflow.detector.train_loop import DistContext, FitOptions  # noqa: E402
 
 
 def parse_variant(name: str) -> FitOptions:
-    m = re.fullmatch(r"b(\d+)-(fp32|bf16)(-compile)?(-lin)?", name)
+    m = re.fullmatch(r"b(\d+)-(fp32|bf16)(-compile)?(-lin)?(-graph)?", name)
     if not m:
-        raise SystemExit(f"bad variant {name!r}: b<batch>-<fp32|bf16>[-compile][-lin]")
+        raise SystemExit(f"bad variant {name!r}: b<batch>-<fp32|bf16>[-compile][-lin][-graph]")
     return FitOptions(batch_size=int(m[1]), amp="off" if m[2] == "fp32" else "bf16",
-                      compile=bool(m[3]), lr_scaling="linear" if m[4] else "sqrt")
+                      compile=bool(m[3]), lr_scaling="linear" if m[4] else "sqrt",
+                      cuda_graphs=bool(m[5]))
 
 
 def steady(history: list[dict]) -> tuple[float, float]:

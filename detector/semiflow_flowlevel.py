@@ -40,6 +40,7 @@ from .semiflow_inference import resolve_device
 from .train_loop import (
     DistContext,
     FitOptions,
+    GraphedStep,
     InMemoryFlows,
     adam,
     autocast,
@@ -148,7 +149,6 @@ class FlowSemiFlowDetector:
         large = batch > cfg.batch_size
         lr = scaled_lr(cfg.lr, batch, cfg.batch_size, opts.lr_scaling) if large else cfg.lr
         trained = (_AutoEncoder(self.encoder_, self.decoder_), self.flow_, self.classifier_)
-        steps = (self._loss_rec, self._loss_flow, self._loss_cls)
         for stage in range(3):
             if stage == 1:
                 self._standardise(train)
@@ -157,10 +157,17 @@ class FlowSemiFlowDetector:
             model = dist.wrap(trained[stage])
             if opts.compile:
                 model = torch.compile(model)
-            opt = adam(trained[stage].parameters(), lr, dev)
+            # reconstruction and flow: one CUDA graph a step (the classifier's stage draws
+            # random noise from its own generator: eager)
+            graphed = (opts.cuda_graphs and dev.type == "cuda" and not opts.compile
+                       and not dist.active and stage < 2)
+            opt = adam(trained[stage].parameters(), lr, dev, capturable=graphed)
             n_steps = steps_per_epoch(len(train), per_rank, dist.world)
-            sched = lr_schedule(opt, n_steps * cfg.epochs[stage], opts.warmup, large)
+            sched = lr_schedule(opt, lr, n_steps * cfg.epochs[stage], opts.warmup, large)
             amp = opts.amp if stage != 1 else "off"   # the flow trains in fp32
+            step = self._step_fn(stage, model, opt, amp, cache=not graphed)
+            if graphed:
+                step = GraphedStep(step, opt.zero_grad)
             best, bad, best_state = math.inf, 0, None
             for epoch in range(cfg.epochs[stage]):
                 if bad >= cfg.patience:
@@ -172,16 +179,14 @@ class FlowSemiFlowDetector:
                 for chunk in train.chunks(seed_for(cfg.seed, stage, epoch), dist.rank,
                                           dist.world, dev):
                     for xb in batches(chunk.to(dev, non_blocking=True), per_rank):
-                        with autocast(dev, amp):
-                            loss = steps[stage](xb, gen, model)
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        if stage == 1:
-                            torch.nn.utils.clip_grad_norm_(self.flow_.parameters(), 10.0)
-                        opt.step()
+                        if graphed:
+                            loss = step(xb)
+                        else:
+                            opt.zero_grad(set_to_none=True)
+                            loss = step(xb, gen)
                         if sched is not None:
                             sched.step()
-                        total[0] += loss.detach().double() * len(xb)
+                        total[0] += loss.double() * len(xb)
                         total[1] += len(xb)
                 total = dist.all_sum(total).tolist()      # (the epoch's only host sync)
                 dist.sync_buffers(trained[stage])
@@ -207,6 +212,23 @@ class FlowSemiFlowDetector:
             m.eval()
         self._calibrate(Xv)
         return self
+
+    def _step_fn(self, stage: int, model, opt, amp: str, cache: bool):
+        """One optimisation step of a stage on a batch (gradients zeroed by the caller):
+        loss, backward, clipping (the flow), optimizer; returns the detached loss."""
+        loss_fn = (self._loss_rec, self._loss_flow, self._loss_cls)[stage]
+        flow_params = list(self.flow_.parameters())
+
+        def step(xb: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+            with autocast(self.device_, amp, cache):
+                loss = loss_fn(xb, gen, model)
+            loss.backward()
+            if stage == 1:
+                torch.nn.utils.clip_grad_norm_(flow_params, 10.0)
+            opt.step()
+            return loss.detach()
+
+        return step
 
     def _train_mode(self, stage: int) -> None:
         for name, m in self._modules().items():

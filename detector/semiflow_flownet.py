@@ -148,7 +148,7 @@ def service_index(keys: torch.Tensor, services: tuple[int, ...]) -> torch.Tensor
     """Index of each key in the service vocabulary; len(services) = unseen ("other")."""
     out = torch.full_like(keys, len(services))
     for i, s in enumerate(services):
-        out[keys == s] = i
+        out.masked_fill_(keys == s, i)      # (no boolean indexing: no host sync)
     return out
 
 
@@ -254,7 +254,7 @@ class LatentFlow(Flow):
         z, logdet = self(self.standardise(e))
         z = z.double()
         d = z.shape[1]
-        const = float(torch.log(self.std.double()).sum())
+        const = torch.log(self.std.double()).sum()   # (a tensor: no host sync per batch)
         return (0.5 * (z * z).sum(1) - logdet.double() + const) / d
 
 

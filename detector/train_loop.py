@@ -28,13 +28,16 @@ class FitOptions:
 
     batch_size: the global batch (all ranks together); None = the config's base batch.
     amp: autocast dtype on CUDA ("off" on CPU always). compile: torch.compile the trained
-    modules. warmup: share of each stage's steps spent warming the learning rate up (only
-    when the batch is larger than the base batch; then the rate decays as a cosine to 10%).
+    modules. cuda_graphs: replay each training step as one captured CUDA graph
+    (GraphedStep; single-process CUDA training without compile, else ignored). warmup:
+    share of each stage's steps spent warming the learning rate up (only when the batch is
+    larger than the base batch; then the rate decays as a cosine to 10%).
     """
 
     batch_size: int | None = None
     amp: str = "bf16"
     compile: bool = False
+    cuda_graphs: bool = True     # one CUDA graph per step (CUDA, one rank, not compiled)
     warmup: float = 0.05
     lr_scaling: str = "sqrt"     # or "linear": the rate grows as the batch, not its root
 
@@ -106,17 +109,71 @@ class DistContext:
         return DDP(module, device_ids=[dev.index] if dev.type == "cuda" else None)
 
 
-def autocast(device: torch.device, amp: str):
-    """bf16/fp16 autocast on CUDA; nothing elsewhere (CPU autocast is slower here)."""
+def autocast(device: torch.device, amp: str, cache: bool = True):
+    """bf16/fp16 autocast on CUDA; nothing elsewhere (CPU autocast is slower here).
+    cache=False inside CUDA graphs (a cached cast would be captured once, stale after)."""
     if device.type != "cuda" or amp == "off":
         return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.float16 if amp == "fp16" else torch.bfloat16)
+    return torch.autocast("cuda", dtype=torch.float16 if amp == "fp16" else torch.bfloat16,
+                          cache_enabled=cache)
 
 
-def adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
-    """The method's Adam (beta1 0.5); fused into one kernel per step on CUDA."""
-    return torch.optim.Adam(list(params), lr, betas=(0.5, 0.999),
-                            fused=device.type == "cuda")
+def adam(params, lr: float, device: torch.device, capturable: bool = False
+         ) -> torch.optim.Adam:
+    """The method's Adam (beta1 0.5); fused into one kernel per step on CUDA; capturable
+    (state and rate on the device) when its step is replayed as a CUDA graph."""
+    cuda = device.type == "cuda"
+    return torch.optim.Adam(list(params), torch.tensor(lr, device=device) if capturable else lr,
+                            betas=(0.5, 0.999), fused=cuda, capturable=capturable and cuda)
+
+
+class GraphedStep:
+    """A whole training step (forward, backward, clipping, optimizer) replayed as one
+    captured CUDA graph.
+
+    At the base batch a step is launch-bound: on an H200 batch 64 took ~11 ms a step and
+    batch 512 about as long (docs/scale.md), so a graph makes the method's own recipe fast
+    instead of a larger batch that trains differently. `step(xb)` computes the loss and
+    runs backward and the optimizer (gradients start from None). The first `warmup` batches
+    are ordinary steps on a side stream, as PyTorch's whole-network capture recipe asks;
+    the next batch of the same shape is captured and replayed; a batch of another shape
+    (an epoch's last) runs eagerly, accumulating into the graph's gradient tensors after
+    zeroing them. The returned loss tensor is overwritten by the next replay."""
+
+    def __init__(self, step, zero_grad, warmup: int = 3):
+        """zero_grad(set_to_none: bool): the optimizer's."""
+        self.step, self.zero_grad, self.warmup = step, zero_grad, warmup
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.x: torch.Tensor | None = None
+        self.loss: torch.Tensor | None = None
+        self.stream = torch.cuda.Stream()
+        self.eager_steps = 0
+
+    def __call__(self, xb: torch.Tensor) -> torch.Tensor:
+        if self.graph is not None and xb.shape == self.x.shape:
+            self.x.copy_(xb)
+            self.graph.replay()
+            return self.loss
+        if self.graph is None and self.eager_steps >= self.warmup:
+            return self._capture(xb)
+        self.eager_steps += 1
+        self.zero_grad(self.graph is None)     # set to None until captured, zeroed after
+        if self.graph is not None:
+            return self.step(xb)
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):
+            loss = self.step(xb)
+        torch.cuda.current_stream().wait_stream(self.stream)
+        return loss
+
+    def _capture(self, xb: torch.Tensor) -> torch.Tensor:
+        self.x = xb.clone()
+        self.zero_grad(True)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.loss = self.step(self.x)
+        self.graph.replay()               # capturing ran nothing: this is the batch's step
+        return self.loss
 
 
 def scaled_lr(base_lr: float, batch: int, base_batch: int, how: str = "sqrt") -> float:
@@ -125,21 +182,44 @@ def scaled_lr(base_lr: float, batch: int, base_batch: int, how: str = "sqrt") ->
     return base_lr * (ratio if how == "linear" else math.sqrt(ratio))
 
 
-def lr_schedule(opt: torch.optim.Optimizer, total_steps: int, warmup: float,
-                large: bool) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """Linear warm-up then cosine to 10% over the stage, for batches above the base batch;
-    None (constant rate, as the method) at the base batch."""
-    if not large or total_steps < 2:
-        return None
-    warm = max(1, int(round(warmup * total_steps)))
+class LrSchedule:
+    """Linear warm-up then cosine to 10% over a stage's steps. The rate is written in place
+    (a device tensor for a capturable optimizer: a graph replays with the new value, and no
+    step reads it back to the host)."""
 
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        p = min(1.0, (step - warm) / max(1, total_steps - warm))
+    def __init__(self, opt: torch.optim.Optimizer, base_lr: float, total_steps: int,
+                 warmup: float):
+        self.opt, self.base, self.total = opt, base_lr, total_steps
+        self.warm = max(1, int(round(warmup * total_steps)))
+        self.t = 0
+        self._apply()
+
+    def factor(self, step: int) -> float:
+        if step < self.warm:
+            return (step + 1) / self.warm
+        p = min(1.0, (step - self.warm) / max(1, self.total - self.warm))
         return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * p))
 
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    def _apply(self) -> None:
+        lr = self.base * self.factor(self.t)
+        for g in self.opt.param_groups:
+            if isinstance(g["lr"], torch.Tensor):
+                g["lr"].fill_(lr)
+            else:
+                g["lr"] = lr
+
+    def step(self) -> None:
+        self.t += 1
+        self._apply()
+
+
+def lr_schedule(opt: torch.optim.Optimizer, base_lr: float, total_steps: int, warmup: float,
+                large: bool) -> LrSchedule | None:
+    """The schedule for batches above the base batch; None (constant rate, as the method)
+    at the base batch."""
+    if not large or total_steps < 2:
+        return None
+    return LrSchedule(opt, base_lr, total_steps, warmup)
 
 
 class InMemoryFlows:

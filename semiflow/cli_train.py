@@ -45,6 +45,10 @@ def register(sub) -> None:
     p.add_argument("--compile", action="store_true",
                    help="flow level: torch.compile the trained modules (GPU; compiling "
                         "takes about a minute, worth it for long runs)")
+    p.add_argument("--cuda-graphs", choices=["on", "off"], default="on",
+                   help="flow level, one GPU, without --compile: replay each training step "
+                        "as one captured CUDA graph (default on: the base batch's steps are "
+                        "launch-bound, docs/scale.md)")
     p.add_argument("--shard-flows", type=int, default=None, metavar="N",
                    help="flow level: stream the training flows from the extraction in "
                         "shards of N flows (samples in RAM: two shards of N x K x 256 "
@@ -104,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
                     level=args.level, exclude_uids=read_uids(args.exclude_uids),
                     batch_size=args.batch_size, compile=args.compile,
                     shard_flows=args.shard_flows, ddp=args.ddp,
-                    flow_config=args.flow_config,
+                    flow_config=args.flow_config, cuda_graphs=args.cuda_graphs == "on",
                     progress=not args.quiet and sys.stderr.isatty(),
                     command="semiflow " + " ".join(sys.argv[1:]))
     if args.ddp:

@@ -1,5 +1,6 @@
 """Training at scale on CPU: DDP (gloo, 2 ranks) agrees across ranks and runs; shards read
-every flow once; the large-batch schedule; the GPU scorer's batch shapes."""
+every flow once; the large-batch schedule; the GPU scorer's batch shapes; and, where a GPU
+is present (the device machine, never CI), steps replayed as CUDA graphs."""
 
 from __future__ import annotations
 
@@ -122,8 +123,8 @@ def test_large_batch_rate_and_schedule():
     assert scaled_lr(1e-3, 1024, 64) == pytest.approx(4e-3)
     assert scaled_lr(1e-3, 1024, 64, "linear") == pytest.approx(16e-3)
     opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], 1.0)
-    assert lr_schedule(opt, 100, 0.05, large=False) is None       # the method's constant rate
-    sched = lr_schedule(opt, 100, 0.1, large=True)
+    assert lr_schedule(opt, 1.0, 100, 0.05, large=False) is None  # the method's constant rate
+    sched = lr_schedule(opt, 1.0, 100, 0.1, large=True)
     rates = []
     for _ in range(100):
         rates.append(opt.param_groups[0]["lr"])
@@ -132,8 +133,40 @@ def test_large_batch_rate_and_schedule():
     assert rates[0] == pytest.approx(0.1) and max(rates) == pytest.approx(1.0)
     assert rates[-1] == pytest.approx(0.1, abs=0.01)
     assert all(a <= b for a, b in zip(rates[:10], rates[1:10]))
+    # a capturable optimizer's rate is a tensor: written in place, the same values
+    t_opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], torch.tensor(1.0))
+    rate = t_opt.param_groups[0]["lr"]
+    t_sched = lr_schedule(t_opt, 1.0, 100, 0.1, large=True)
+    seen = []
+    for _ in range(100):
+        seen.append(float(rate))
+        t_sched.step()
+    assert t_opt.param_groups[0]["lr"] is rate
+    assert seen == pytest.approx(rates)
 
 
 def test_gpu_scorer_batch_shapes():
     assert [bucket(m, 16384) for m in (1, 64, 65, 1000, 16384, 20000)] == [
         64, 64, 128, 1024, 16384, 16384]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (run on the "
+                    "device machine: docs/scale.md)")
+@pytest.mark.parametrize("batch", [16, 48])
+def test_cuda_graph_steps_train_as_eager(batch):
+    """A step replayed as a CUDA graph trains the same model as the eager step: same epochs,
+    losses within float noise (kernels may differ in order), an odd last batch (250 train
+    flows: 250 % 16 and 250 % 48 are not 0) run eagerly between replays."""
+    runs = {}
+    for graphs in (False, True):
+        det = FlowSemiFlowDetector(TINY, device="cuda", random_state=0).fit(
+            flows(250), flows(64, 1), options=FitOptions(batch_size=batch, amp="off",
+                                                         cuda_graphs=graphs))
+        runs[graphs] = (det.history_, det.anomaly_score(flows(32, 2)))
+    (h0, s0), (h1, s1) = runs[False], runs[True]
+    assert [(h["stage"], h["epoch"], h["flows"]) for h in h0] == \
+        [(h["stage"], h["epoch"], h["flows"]) for h in h1]
+    for a, b in zip(h0, h1):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-3, abs=1e-4)
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-3, abs=1e-4)
+    assert np.corrcoef(s0, s1)[0, 1] > 0.999

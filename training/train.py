@@ -286,7 +286,7 @@ def train(extract_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
           max_flows: int | None = DEFAULT_MAX_FLOWS, split: str = "auto",
           level: str = "flow", exclude_uids: set[str] | None = None,
           batch_size: int | None = None, compile: bool = False, shard_flows: int | None = None,
-          ddp: bool = False, flow_config: str = "default") -> dict:
+          ddp: bool = False, flow_config: str = "default", cuda_graphs: bool = True) -> dict:
     """Fit SemiFlow on the normal flows, calibrate the threshold, write the artifact.
 
     level "flow" (default): flow-level SemiFlow on whole flow samples (training/train_flow.py;
@@ -315,7 +315,7 @@ def train(extract_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                            split)
         metrics = train_flow(parts, stores, out, epochs=epochs, device=device, seed=seed,
                              target_fpr=target_fpr, log=log, provenance=prov,
-                             options=FitOptions(batch_size, amp, compile),
+                             options=FitOptions(batch_size, amp, compile, cuda_graphs),
                              shard_flows=shard_flows, dist=dist, flow_config=flow_config)
         return {"out": str(out), "seconds": round(time.perf_counter() - started, 2),
                 **{k: v for k, v in metrics.items() if k != "history"}}

@@ -91,7 +91,8 @@ def train_flow(parts: dict[str, pd.DataFrame], stores: list[FlowStore], out: Pat
              "train_packet_rows_per_second": round(flows_trained * cfg.k
                                                    / max(fit_seconds, 1e-9), 1),
              "batch_size": opts.batch_size or cfg.batch_size, "amp": opts.amp,
-             "compile": opts.compile, "world_size": dist.world,
+             "compile": opts.compile, "cuda_graphs": opts.cuda_graphs,
+             "world_size": dist.world,
              "shard_flows": shard_flows}
     if dist.rank != 0:
         return speed                       # rank 0 calibrates and writes the artifact
