@@ -244,7 +244,7 @@ class MicroBatcher:
                  stats: ServingStats | None = None,
                  allow: Callable[[RequestBatch], np.ndarray] | None = None,
                  pipeline: int = 2, score_timeout: float | None = None,
-                 observe: Callable | None = None):
+                 observe: Callable | None = None, warm_input: list | None = None):
         """allow(batch) -> bool[m]: flows an analyst allow-listed, answered without scoring.
         pipeline: micro-batches whose scores may be awaited at once (1 = score in line).
         score_timeout: how long to wait for a batch's scores (None: the scorer's own limit,
@@ -252,7 +252,9 @@ class MicroBatcher:
         A scorer with submit(samples, n_selected) -> handle (.done(), .result(timeout))
         is used as is; any other scorer runs on one extra thread.
         observe(uids, ids, samples, rows, scores, threshold, model_version): every scored
-        micro-batch (the sensor's sample store); must not block."""
+        micro-batch (the sensor's sample store); must not block.
+        warm_input: raw items decoded and built (never scored nor counted) before the first
+        real batch, so the decode path's compiled kernels are loaded at start."""
         if max_batch < 1 or queue_size < 1 or max_wait < 0:
             raise ValueError("max_batch and queue_size must be >= 1, max_wait >= 0")
         self.scorer = scorer
@@ -267,6 +269,7 @@ class MicroBatcher:
         self.score_timeout = score_timeout
         self.stats = stats or ServingStats()
         self.queue_size = queue_size
+        self.warm_input = warm_input
         self._q: queue.Queue = queue.Queue()  # bounded by _queued (flows), see submit
         self._queued = 0
         self._qlock = threading.Lock()
@@ -342,9 +345,12 @@ class MicroBatcher:
         """Load the compiled kernels and run the model once before the first real batch
         (else the first requests wait for numba's cache and torch's first forward)."""
         try:
-            b = RequestBatch.empty()
+            b = self.decode(self.warm_input) if self.warm_input else RequestBatch.empty()
+            if b.errors:
+                log.warning("warm-up: %d warm-up item(s) did not decode: %r", len(b.errors),
+                            b.errors[0][1])
             build_flow_samples(b.blob, b.frame_off, b.frame_len, b.linktype, b.ts,
-                               b.wire_len, b.is_orig, b.flow_start, self.spec)
+                               b.wire_len, b.is_orig, b.flow_start, self.spec, b.ids)
             warm_up(self.scorer)
         except Exception as e:  # the real batches will report it
             log.warning("warm-up failed: %r", e)

@@ -33,7 +33,12 @@ from semiflow.plugin.zeek_batch import (
     is_batch,
     verdict_batch_columns_text,
 )
-from semiflow.plugin.zeek_decode import decode_flow_requests, head_of, verdict_text
+from semiflow.plugin.zeek_decode import (
+    decode_flow_requests,
+    head_of,
+    verdict_text,
+    warm_up_messages,
+)
 from semiflow.serve_lifecycle import add_arguments as add_lifecycle_arguments
 
 log = logging.getLogger("semiflow.serve")
@@ -76,7 +81,8 @@ class ServeApp:
         self.batcher = MicroBatcher(scorer, decode_requests, self._on_results,
                                     max_batch=max_batch, max_wait=max_wait,
                                     queue_size=queue_size, stats=self.stats, allow=allow,
-                                    observe=observe)
+                                    observe=observe, warm_input=warm_up_messages(
+                                        scorer.spec.k, scorer.spec.l + 64))
         self.loop_lag_max = 0.0  # seconds: the event loop's worst delay, see _watch_loop
         self.metrics = None
         if metrics_port is not None:

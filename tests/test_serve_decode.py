@@ -20,7 +20,12 @@ from semiflow.detector.spec import (
     empty_flow_arrays,
 )
 from semiflow.plugin import zeek_wire as zw
-from semiflow.plugin.zeek_decode import _thorough, decode_flow_requests, verdict_text
+from semiflow.plugin.zeek_decode import (
+    _thorough,
+    decode_flow_requests,
+    verdict_text,
+    warm_up_messages,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from serve_helpers import TrivialScorer, corpus_requests  # noqa: E402
@@ -245,3 +250,26 @@ def test_allowlisted_flows_are_answered_without_scoring(requests, tmp_path):
     assert all(by[k].status == STATUS_ALLOWLISTED for k in hits)
     assert sum(r.status == STATUS_ALLOWLISTED for r in out) == len(hits | {uid0})
     assert sum(calls) == sum(r.status == "ok" for r in out)  # only the others were scored
+
+
+def test_warm_up_messages_exercise_the_live_decode_path():
+    """What a detector decodes before it connects (numba kernels loaded at start, not on the
+    first real batches): valid Zeek messages, every flow built into a sample, both the
+    flow_batch and the flow_request paths; the warm-up is neither scored nor counted."""
+    from semiflow.detector.serving import MicroBatcher
+
+    texts = warm_up_messages(SPEC.k, SPEC.l + 64)
+    batch = decode_flow_requests(texts)
+    assert not batch.errors
+    assert sorted(batch.keys) == ["Cwarm1", "Cwarm1", "Cwarm2", "Cwarm3"]
+    assert zw.parse_event(json.loads(texts[0]))[1] == zw.FLOW_BATCH
+    assert _thorough(texts[1])               # the thorough (authoritative) parser agrees
+    s = build_flow_samples(batch.blob, batch.frame_off, batch.frame_len, batch.linktype,
+                           batch.ts, batch.wire_len, batch.is_orig, batch.flow_start, SPEC,
+                           batch.ids)
+    assert (s.status == 0).all() and (s.n_selected > 0).all()
+    results = []
+    scorer = TrivialScorer(SPEC)
+    mb = MicroBatcher(scorer, decode_flow_requests, results.extend, warm_input=texts)
+    mb.close()
+    assert results == [] and mb.stats.received == 0 and mb.stats.errors == {}
