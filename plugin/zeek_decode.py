@@ -252,7 +252,7 @@ def warm_up_messages(k: int, snaplen: int) -> list[str]:
     IPv4 UDP, IPv6 TCP). A detector decodes them once before it connects, so numba's kernels
     of the live path are compiled, or loaded from its cache, at start: with a cold cache the
     first real batches paid for it, ~1 s of verdict latency in the first 2 s of a run (README,
-    "Run E")."""
+    "Where run D's tail came from")."""
     import dpkt
 
     def eth(ip, v6: bool = False) -> bytes:
