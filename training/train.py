@@ -192,6 +192,18 @@ def normal_parts(extract_dirs: Sequence[str | os.PathLike], max_flows: int | Non
     return parts, stores
 
 
+def flow_parts(extract_dirs: Sequence[str | os.PathLike], max_flows: int | None = (
+                   DEFAULT_MAX_FLOWS), seed: int = 42, log: Callable[[str], None] = print,
+               max_flows_per_file: int | None = None, split: str = "auto", min_calib: int = 0,
+               exclude_uids: set[str] | None = None
+               ) -> tuple[dict[str, pd.DataFrame], list[FlowStore]]:
+    """What the flow level trains on (normal_parts, reading only what training needs); one
+    entry point so benchmarks/shard_memory.py measures what `semiflow train` runs."""
+    return normal_parts(extract_dirs, max_flows, seed, log, max_flows_per_file, split,
+                        min_calib, exclude_uids, columns=TRAIN_COLUMNS,
+                        categorical=TRAIN_CATEGORICAL)
+
+
 def load_parts(extract_dirs: Sequence[str | os.PathLike], max_flows_per_file: int | None = None,
                seed: int = 42, log: Callable[[str], None] = print,
                max_flows: int | None = DEFAULT_MAX_FLOWS, split: str = "auto",
@@ -306,9 +318,8 @@ def train(extract_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                          "level (the default) only")
     min_calib = math.ceil(1.0 / target_fpr) if 0 < target_fpr < 1 else 0
     if level == "flow":
-        parts, stores = normal_parts(extract_dirs, max_flows, seed, log, max_flows_per_file,
-                                     split, min_calib, exclude_uids, columns=TRAIN_COLUMNS,
-                                     categorical=TRAIN_CATEGORICAL)
+        parts, stores = flow_parts(extract_dirs, max_flows, seed, log, max_flows_per_file,
+                                   split, min_calib, exclude_uids)
         log(f"labelled anomalous flows: {len(parts['anomalous'])} -- used ONLY for the "
             "validation report, never for fitting or early stopping")
         prov = _provenance(parts, extract_dirs, command, seed, max_flows_per_file, max_flows,
