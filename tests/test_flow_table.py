@@ -1,7 +1,10 @@
 """The streamed flow table (training/flow_table.py) gives the same parts as normal_parts with
-the training columns; the split on file codes gives what the pandas split gave."""
+the training columns; the split on file codes gives what the pandas split gave; the service
+vocabulary read from the first packet's headers counts what the whole samples counted."""
 
 from __future__ import annotations
+
+from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -10,12 +13,17 @@ import pyarrow.parquet as pq
 import pytest
 from shard_memory import build_store
 
+from semiflow.detector.semiflow_flownet import service_keys
+from semiflow.plugin.flowstore import FlowStore
 from semiflow.training.dataset import (
     budget_flows,
     cap_flows_per_file,
+    first_bytes,
+    flow_matrix,
     split_by_file,
     split_by_time,
 )
+from semiflow.training.flow_shards import ShardedFlows
 from semiflow.training.train import (
     TRAIN_CATEGORICAL,
     TRAIN_COLUMNS,
@@ -224,3 +232,27 @@ def test_streamed_table_errors_like_normal_parts(stores, tmp_path):
     uids = set(pd.read_parquet(stores["two"] / "flows.parquet", columns=["uid"])["uid"])
     with pytest.raises(ValueError, match="no normal flows with a sample"):
         flow_parts([stores["two"]], exclude_uids=uids, log=lambda m: None)
+
+
+# ---- samples: the service vocabulary from the first headers, shuffled reads ---------------
+
+def test_service_counts_read_the_first_headers_only(stores):
+    s = FlowStore.open(stores["many"])
+    n = len(s.samples)
+    rows = np.random.default_rng(0).permutation(n)[: n // 2]
+    src = ShardedFlows([s], np.zeros(len(rows), np.int16), rows.astype(np.int32), 4, 96, 300)
+    whole = flow_matrix([s], np.zeros(len(rows), np.int64), rows, 4, 96)
+    keys, cnt = np.unique(service_keys(whole).numpy(), return_counts=True)
+    assert src.service_counts() == dict(zip(keys.tolist(), cnt.tolist()))
+    assert len(Counter(src.service_counts())) > 3
+    first = first_bytes([s], np.zeros(len(rows), np.int64), rows, 64)
+    np.testing.assert_array_equal(first, whole[:, :1, :64])
+
+
+def test_flow_matrix_puts_each_sample_where_asked(stores):
+    s = FlowStore.open(stores["two"])
+    rows = np.arange(0, len(s.samples), 3)
+    at = np.random.default_rng(1).permutation(len(rows))
+    got = flow_matrix([s], np.zeros(len(rows), np.int64), rows, 4, 96, at=at)
+    want = flow_matrix([s], np.zeros(len(rows), np.int64), rows, 4, 96)
+    np.testing.assert_array_equal(got[at], want)
