@@ -9,6 +9,9 @@ whole, it grows with the data.
 
     python benchmarks/shard_memory.py --flows lab.npz --rows 50000000 --device cuda \
         [--small-rows 5000000] [--shard-flows 262144] [--work /tmp/shards]
+
+--data-path-only runs, per size, what sharded training does for data but not the model (a
+CPU box measures the flow table and the shards in minutes, not a training hour).
 """
 
 from __future__ import annotations
@@ -92,6 +95,90 @@ def train(store: Path, out: Path, device: str | None, shard_flows: int | None,
             "last": text.strip().splitlines()[-1]}
 
 
+def _hwm() -> dict:
+    """This process's resident set now and at its peak (MiB), from /proc."""
+    f = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    return {k: round(int(f[k].split()[0]) / 1024) for k in ("VmRSS", "VmHWM")}
+
+
+class _NoModel:
+    """Scores nothing: the data path reads every sample a scoring pass reads."""
+
+    def anomaly_score(self, x: np.ndarray) -> np.ndarray:
+        return np.zeros(len(x))
+
+
+def data_path(store: Path, shard_flows: int, seed: int = 42) -> dict:
+    """What `semiflow train STORE --max-flows 0 --shard-flows N` does for data, in this
+    process, without the model: the parts, the provenance, the shards, the service
+    vocabulary pass, one epoch of shards (CPU), the val samples, calib and anomalous read
+    in shards as scoring reads them. Peak RSS at each step (/proc VmHWM)."""
+    import math
+    import resource
+
+    import torch  # noqa: F401  (training imports it first: its RSS is in the baseline)
+
+    from semiflow.detector.semiflow_flownet import FlowNetConfig
+    from semiflow.detector.threshold import DEFAULT_TARGET_FPR
+    from semiflow.training.train import _provenance, flow_parts
+    from semiflow.training.train_flow import _scores, streamed_inputs
+
+    steps, t = {"start": _hwm()}, time.perf_counter()
+    parts, stores = flow_parts([store], 0, seed, lambda m: None, None, "auto",
+                               math.ceil(1 / DEFAULT_TARGET_FPR), None)
+    _provenance(parts, [store], "bench", seed, None, 0, "auto")
+    steps["parts"] = _hwm()
+    spec = stores[0].spec
+    cfg = FlowNetConfig.named("default", k=spec.k,
+                              length=min(FlowNetConfig.named("default").length, spec.l))
+    train_x, X = streamed_inputs(parts, stores, cfg, shard_flows, seed)
+    steps["val"] = _hwm()
+    train_x.service_counts()
+    steps["services"] = _hwm()
+    n = sum(len(c) for c in train_x.chunks(seed))
+    steps["epoch"] = _hwm()
+    for name in ("calib", "anomalous"):
+        _scores(_NoModel(), stores, parts[name], cfg, shard_flows)
+    steps["scoring"] = _hwm()
+    return {"seconds": round(time.perf_counter() - t, 1), "flows_per_epoch": n,
+            "parts": {k: len(v) for k, v in parts.items()},
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "steps": steps}
+
+
+def data_path_only(a: argparse.Namespace, X: np.ndarray) -> None:
+    """--data-path-only: each size's data path in its own child; peak RSS and bytes/flow."""
+    k, work, peaks = X.shape[1], Path(a.work), []
+    sizes = [a.small_rows, a.rows]
+    for rows in sizes:
+        store = _store(X, rows, a.files, work)
+        r = subprocess.run([sys.executable, __file__, "--_data", str(store),
+                            str(a.shard_flows)], capture_output=True, text=True)
+        if r.returncode != 0:
+            print(f"{rows:,} rows: failed: {r.stderr.strip()[-500:]}")
+            return
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        peaks.append(res["peak_rss_mib"])
+        print(f"| {rows:,} | {rows // k:,} | {res['seconds']} | {res['peak_rss_mib']:,} | "
+              f"{json.dumps(res['steps'])} |", flush=True)
+    flows = [r // k for r in sizes]
+    per = (peaks[1] - peaks[0]) * 2**20 / (flows[1] - flows[0])
+    print(f"peak RSS grows {per:.1f} bytes per flow between {flows[0]:,} and {flows[1]:,} flows")
+    if not a.keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _store(X: np.ndarray, rows: int, files: int, work: Path) -> Path:
+    """The synthetic extraction of `rows` packet rows under work (built once)."""
+    store = work / f"store-{rows}"
+    if not store.exists():
+        t = time.perf_counter()
+        build_store(X, rows // X.shape[1], files, store)
+        print(f"(built {store}: {sum(f.stat().st_size for f in store.iterdir()) / 2**30:.1f}"
+              f" GiB in {time.perf_counter() - t:.0f} s)", flush=True)
+    return store
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--flows", required=True, help="normal flows (.npz or extraction dir)")
@@ -106,11 +193,22 @@ def main() -> None:
                     help="train the large set with this many GPUs (torchrun, --ddp)")
     ap.add_argument("--whole-at-large", action="store_true",
                     help="also train the large set whole (needs its size in RAM)")
+    ap.add_argument("--data-path-only", action="store_true",
+                    help="no model: what sharded training does for data (parts, shards, "
+                         "service pass, one epoch, val/calib reads) at --small-rows and "
+                         "--rows, peak RSS of each")
+    ap.add_argument("--keep", action="store_true", help="keep the stores under --work")
     a = ap.parse_args()
     src = load(a.flows)
     X = src.X[(~src.anomalous) & (src.n_selected > 0)]
     k = X.shape[1]
     work = Path(a.work)
+    if a.data_path_only:
+        print(f"shard = {a.shard_flows} flows; data path only (no model), CPU\n"
+              "| packet rows | flows | seconds | peak RSS (MiB) | steps (MiB) |\n"
+              "|---|---|---|---|---|")
+        data_path_only(a, X)
+        return
     runs = [(a.small_rows, None, 1), (a.small_rows, a.shard_flows, 1),
             (a.rows, a.shard_flows, a.nproc_large)]
     if a.whole_at_large:
@@ -119,12 +217,7 @@ def main() -> None:
           "dense")
     print("| packet rows | flows | training | seconds | peak RSS (MiB) |\n|---|---|---|---|---|")
     for rows, shard, nproc in runs:
-        store = work / f"store-{rows}"
-        if not store.exists():
-            t = time.perf_counter()
-            build_store(X, rows // k, a.files, store)
-            print(f"(built {store}: {sum(f.stat().st_size for f in store.iterdir()) / 2**30:.1f}"
-                  f" GiB in {time.perf_counter() - t:.0f} s)", flush=True)
+        store = _store(X, rows, a.files, work)
         # each setting in its own child: ru_maxrss of RUSAGE_CHILDREN is the max over them
         r = subprocess.run([sys.executable, __file__, "--_one", str(store), a.device or "",
                             str(shard or 0), str(a.batch_size), str(work / "model"),
@@ -139,11 +232,14 @@ def main() -> None:
         else:
             print(f"| {rows:,} | {rows // k:,} | {how} | {res['seconds']} | "
                   f"{res['peak_rss_children_mib']:,} |", flush=True)
-    shutil.rmtree(work, ignore_errors=True)
+    if not a.keep:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--_one":
+    if len(sys.argv) > 1 and sys.argv[1] == "--_data":
+        print(json.dumps(data_path(Path(sys.argv[2]), int(sys.argv[3]))))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--_one":
         store, dev, shard, batch, out, nproc = sys.argv[2:8]
         print(json.dumps(train(Path(store), Path(out), dev or None, int(shard) or None,
                                int(batch), int(nproc))))

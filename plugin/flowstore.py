@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap as _mmap
 import os
 import socket
 from dataclasses import dataclass
@@ -324,8 +325,36 @@ class FlowStore:
         n = arrays["pkt_off"].shape[0]
         if len(flows) != n:
             raise ValueError(f"{p}: flows.parquet has {len(flows)} rows but pkt_off.npy {n}")
-        ends = arrays["pkt_off"] + arrays["pkt_ext"]
-        if n and int(ends.max(initial=0)) > size:
+        if n and _packet_end(arrays["pkt_off"], arrays["pkt_ext"]) > size:
             raise ValueError(f"{p}: packets.bin is truncated ({size} bytes)")
         samples = PackedSamples(blob, arrays.pop("pkt_off"), arrays.pop("pkt_ext"), spec.l)
         return cls(p, spec, flows, samples, meta=meta, **arrays)
+
+    def drop_pages(self) -> None:
+        """Unmap the file pages read so far from this process (they stay in the page cache):
+        reads of a few flows spread over a large store would otherwise leave most of its
+        files in the resident set (the kernel maps pages around each one read)."""
+        for a in (self.samples.blob, self.samples.offs, self.samples.exts, self.pkt_dir,
+                  self.pkt_ts, self.pkt_len):
+            drop_pages(a)
+
+
+def drop_pages(a: np.ndarray) -> None:
+    """MADV_DONTNEED on a memory-mapped array's mapping (nothing for one in memory)."""
+    mm = getattr(a, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise"):
+        try:
+            mm.madvise(_mmap.MADV_DONTNEED)
+        except (OSError, ValueError):
+            pass
+
+
+def _packet_end(offs: np.ndarray, exts: np.ndarray, step: int = 1 << 18) -> int:
+    """The end of the last packet row in packets.bin, a block of flows at a time (whole, the
+    sum is 12 bytes a packet slot; the pages read are dropped as it goes)."""
+    end = 0
+    for a in range(0, len(offs), step):
+        end = max(end, int((offs[a:a + step] + exts[a:a + step]).max(initial=0)))
+        drop_pages(offs)
+        drop_pages(exts)
+    return end

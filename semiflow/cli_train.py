@@ -51,8 +51,8 @@ def register(sub) -> None:
                         "launch-bound, docs/scale.md)")
     p.add_argument("--shard-flows", type=int, default=None, metavar="N",
                    help="flow level: stream the training flows from the extraction in "
-                        "shards of N flows (samples in RAM: two shards of N x K x 256 "
-                        "bytes; the flow table still grows with the data, docs/scale.md) "
+                        "shards of N flows (samples in RAM: two or three shards of N x K x "
+                        "256 bytes; the flow table adds ~30 bytes a flow, docs/scale.md) "
                         "instead of loading them all")
     p.add_argument("--ddp", action="store_true",
                    help="flow level: DistributedDataParallel across the processes torchrun "

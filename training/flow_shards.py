@@ -2,16 +2,17 @@
 
 A week of a busy sensor (~100M flows) does not fit in RAM as dense samples. Every epoch the
 training flows are shuffled globally and cut into shards of `shard_flows`; a shard is read from
-the memory-mapped stores (in store order, for locality), moved to the training device and
-shuffled there, while a background thread reads the next one. The samples in host memory
+the memory-mapped stores in store order, for locality, each sample written straight to its
+shuffled place (no second copy), and moved to the training device while a background thread
+reads the next one. The samples in host memory
 stay at about two shards (the one training and the one being read); the stores' file pages
-this process read are dropped after each shard so they do not pile up in its resident set.
-(The flow table is still read whole: docs/scale.md.)
+this process read are dropped as they are read (training/dataset.py flow_matrix) so they do
+not pile up in its resident set. The flow table is read a batch at a time into a few bytes a
+flow (training/flow_table.py), so RAM is bounded by the shards, not the data (docs/scale.md).
 """
 
 from __future__ import annotations
 
-import mmap
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +24,9 @@ from semiflow.detector.semiflow_flownet import service_keys
 from semiflow.detector.train_loop import numpy_rng
 from semiflow.plugin.flowstore import FlowStore
 
-from .dataset import flow_matrix
+from .dataset import first_bytes, flow_matrix
+
+SERVICE_BYTES = 64    # of the first packet: what service_keys reads
 
 
 class ShardedFlows:
@@ -34,8 +37,7 @@ class ShardedFlows:
         if shard_flows < 2:
             raise ValueError("shard size must be >= 2 flows")
         self.stores, self.k, self.length = stores, k, length
-        self.store_of = np.asarray(store_of, np.int64)
-        self.rows = np.asarray(rows, np.int64)
+        self.store_of, self.rows = _ints(store_of), _ints(rows)   # (no int64 copies)
         self.shard_flows = int(shard_flows)
 
     def __len__(self) -> int:
@@ -45,25 +47,11 @@ class ShardedFlows:
     def shard_bytes(self) -> int:
         return self.shard_flows * self.k * self.length
 
-    def _read(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Dense samples of flows idx (any order), read in store order."""
+    def _read(self, idx: np.ndarray) -> np.ndarray:
+        """Dense samples of flows idx (any order), read in store order, stored in idx's."""
         order = np.lexsort((self.rows[idx], self.store_of[idx]))
-        x = flow_matrix(self.stores, self.store_of[idx[order]], self.rows[idx[order]], self.k,
-                        self.length)
-        self._drop_pages()
-        back = np.empty_like(order)
-        back[order] = np.arange(len(order))
-        return x, back
-
-    def _drop_pages(self) -> None:
-        """Forget the file pages read so far (they stay in the page cache, not in our RSS)."""
-        for s in self.stores:
-            mm = getattr(s.samples.blob, "_mmap", None)
-            if mm is not None and hasattr(mm, "madvise"):
-                try:
-                    mm.madvise(mmap.MADV_DONTNEED)
-                except (OSError, ValueError):
-                    pass
+        return flow_matrix(self.stores, self.store_of[idx[order]], self.rows[idx[order]],
+                           self.k, self.length, at=order)
 
     def _shards(self, idx: np.ndarray, device) -> Iterator[torch.Tensor]:
         parts = [idx[i:i + self.shard_flows] for i in range(0, len(idx), self.shard_flows)]
@@ -72,12 +60,12 @@ class ShardedFlows:
         with ThreadPoolExecutor(1, thread_name_prefix="shard-reader") as pool:
             nxt = pool.submit(self._read, parts[0])
             for i in range(len(parts)):
-                x, back = nxt.result()
+                x = nxt.result()
                 if i + 1 < len(parts):
                     nxt = pool.submit(self._read, parts[i + 1])
-                t = torch.from_numpy(x).to(device)
+                t = torch.from_numpy(x).to(device)   # (on the CPU, x itself: no copy)
                 del x
-                yield t[torch.from_numpy(back).to(device)]  # back in the shuffled order
+                yield t
                 del t
 
     def chunks(self, seed: int, rank: int = 0, world: int = 1, device=None
@@ -91,8 +79,21 @@ class ShardedFlows:
         yield from self._shards(np.arange(len(self)), device or "cpu")
 
     def service_counts(self) -> dict[int, int]:
+        """Training flows per service key, from the first packet's first 64 bytes of each
+        (all service_keys reads), a shard at a time in store order."""
         counts: Counter = Counter()
-        for x in self.passes():
+        order = np.lexsort((self.rows, self.store_of))
+        width = min(SERVICE_BYTES, self.length)
+        for i in range(0, len(order), self.shard_flows):
+            part = order[i:i + self.shard_flows]
+            x = first_bytes(self.stores, self.store_of[part], self.rows[part], width)
             keys, n = np.unique(service_keys(x).numpy(), return_counts=True)
             counts.update(dict(zip(keys.tolist(), n.tolist())))
         return dict(counts)
+
+
+def _ints(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"store indices and rows must be integers, got {a.dtype}")
+    return a

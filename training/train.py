@@ -34,7 +34,14 @@ from semiflow.detector.threshold import DEFAULT_TARGET_FPR, calibrate_threshold,
 from semiflow.detector.train_loop import DistContext, FitOptions
 from semiflow.plugin.flowstore import FlowStore
 
-from .dataset import budget_flows, cap_flows_per_file, packet_rows, split_by_file, split_by_time
+from .dataset import (
+    PART_NAMES,
+    budget_flows,
+    cap_flows_per_file,
+    packet_rows,
+    split_codes,
+)
+from .flow_table import compact_parts, open_stores
 from .train_flow import train_flow
 
 CHECKPOINT = "checkpoint.pt"
@@ -66,19 +73,12 @@ def _rows(stores: list[FlowStore], flows: pd.DataFrame) -> Part:
     return Part(X, pos, order.reset_index(drop=True))
 
 
-SPLITS = ("auto", "file", "time")
 LEVELS = ("flow", "packet")
 DEFAULT_MAX_FLOWS = 50_000
 # what training reads of each flow table (the rest stays on disk: docs/scale.md); uid only
 # with --exclude-uids; labels and file names as categoricals (a few values, repeated)
 TRAIN_COLUMNS = ["row", "ts", "n_selected", "label", "source_file"]
 TRAIN_CATEGORICAL = ["label", "source_file"]
-
-
-def _time_split(normal: pd.DataFrame, why: str, log: Callable[[str], None]) -> np.ndarray:
-    log(f"split by TIME ({why}): within each capture the earliest 70% of normal flows "
-        "train, the next 15% validate, the latest 15% calibrate the threshold")
-    return split_by_time(normal, (0.7, 0.15, 0.15))
 
 
 def split_normal(normal: pd.DataFrame, seed: int = 42, split: str = "auto",
@@ -89,40 +89,9 @@ def split_normal(normal: pd.DataFrame, seed: int = 42, split: str = "auto",
     `min_calib` calibration flows (a small calib file: too few to resolve the target FPR) is
     replaced by the time split when that one has enough (split="auto"); otherwise the log
     warns, so a coarse threshold is never silent."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    nfiles = normal["source_file"].nunique()
-    if split == "time" or (split == "auto" and nfiles < 3):
-        why = "asked for" if split == "time" else f"only {nfiles} normal capture file(s)"
-        return _time_split(normal, why, log)
-    if nfiles < 2:
-        raise ValueError("split='file' needs at least 2 normal capture files")
-    part = _file_split(normal, nfiles, seed)
-    n_calib = int((part == "test").sum())
-    if n_calib < min_calib:
-        by_time = int(round(0.15 * len(normal)))
-        if split == "auto" and by_time >= min_calib:
-            return _time_split(normal, f"a split by file leaves {n_calib} calibration flows, "
-                               f"fewer than the {min_calib} the target FPR needs", log)
-        log(f"warning: the split by file leaves {n_calib} calibration flows, fewer than the "
-            f"{min_calib} the target FPR needs: the threshold is coarse"
-            + (f" (--split time would calibrate on {by_time})" if by_time > n_calib else
-               "; more normal traffic, or a larger --target-fpr, resolves it"))
-    return part
-
-
-def _file_split(normal: pd.DataFrame, nfiles: int, seed: int) -> np.ndarray:
-    """Whole files: 70/15/15, or with fewer than 7 files one file each for val and calib."""
-    if nfiles < 7:   # too few files for 15% each: give val and calib one file each
-        files = sorted(normal["source_file"].unique())
-        rng = np.random.default_rng(seed)
-        rng.shuffle(files)
-        part = {f: "train" for f in files}
-        part[files[0]] = "val"
-        if nfiles >= 3:
-            part[files[1]] = "test"
-        return normal["source_file"].map(part).to_numpy()
-    return split_by_file(normal, (0.7, 0.15, 0.15), seed=seed)
+    codes, names = pd.factorize(normal["source_file"], sort=True)
+    return PART_NAMES[split_codes(codes, normal["ts"].to_numpy(dtype=np.float64),
+                                  [str(n) for n in names], seed, split, log, min_calib)]
 
 
 def normal_parts(extract_dirs: Sequence[str | os.PathLike], max_flows: int | None = (
@@ -140,19 +109,7 @@ def normal_parts(extract_dirs: Sequence[str | os.PathLike], max_flows: int | Non
     needs, plus uid to exclude uids), `categorical` those to read as categoricals."""
     if columns is not None and exclude_uids and "uid" not in columns:
         columns = [*columns, "uid"]
-    if not extract_dirs:
-        raise ValueError("no extraction directory given")
-    stores = []
-    for d in extract_dirs:
-        try:
-            stores.append(FlowStore.open(d, columns=columns, categorical=categorical))
-        except (OSError, KeyError, ValueError) as e:
-            raise ValueError(f"{d}: not a readable extraction directory ({e})") from e
-    spec = stores[0].spec
-    for d, s in zip(extract_dirs[1:], stores[1:]):
-        if s.spec != spec:
-            raise ValueError(f"{d}: extracted with spec {s.spec.to_dict()}, but "
-                             f"{extract_dirs[0]} with {spec.to_dict()}")
+    stores = open_stores(extract_dirs, columns, categorical)
     flows = pd.concat([s.flows.assign(_store=i) for i, s in enumerate(stores)],
                       ignore_index=True)
     if columns is not None:     # training: the concatenation holds them now (one copy, not two)
@@ -190,6 +147,20 @@ def normal_parts(extract_dirs: Sequence[str | os.PathLike], max_flows: int | Non
         log("warning: no capture file left for threshold calibration: using the val files")
     parts["anomalous"] = anomalous
     return parts, stores
+
+
+def flow_parts(extract_dirs: Sequence[str | os.PathLike], max_flows: int | None = (
+                   DEFAULT_MAX_FLOWS), seed: int = 42, log: Callable[[str], None] = print,
+               max_flows_per_file: int | None = None, split: str = "auto", min_calib: int = 0,
+               exclude_uids: set[str] | None = None
+               ) -> tuple[dict[str, pd.DataFrame], list[FlowStore]]:
+    """What the flow level trains on: normal_parts(columns=TRAIN_COLUMNS)'s parts, read
+    and split at about 20 bytes a flow (training/flow_table.py), so RAM is bounded by the
+    shards, not the flow table; one entry point, so benchmarks/shard_memory.py measures what
+    `semiflow train` runs."""
+    stores = open_stores(extract_dirs, columns=[])
+    return compact_parts(stores, max_flows, seed, log, max_flows_per_file, split, min_calib,
+                         exclude_uids), stores
 
 
 def load_parts(extract_dirs: Sequence[str | os.PathLike], max_flows_per_file: int | None = None,
@@ -306,9 +277,8 @@ def train(extract_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                          "level (the default) only")
     min_calib = math.ceil(1.0 / target_fpr) if 0 < target_fpr < 1 else 0
     if level == "flow":
-        parts, stores = normal_parts(extract_dirs, max_flows, seed, log, max_flows_per_file,
-                                     split, min_calib, exclude_uids, columns=TRAIN_COLUMNS,
-                                     categorical=TRAIN_CATEGORICAL)
+        parts, stores = flow_parts(extract_dirs, max_flows, seed, log, max_flows_per_file,
+                                   split, min_calib, exclude_uids)
         log(f"labelled anomalous flows: {len(parts['anomalous'])} -- used ONLY for the "
             "validation report, never for fitting or early stopping")
         prov = _provenance(parts, extract_dirs, command, seed, max_flows_per_file, max_flows,

@@ -46,6 +46,20 @@ def _scores(det: FlowSemiFlowDetector, stores: list[FlowStore], part: pd.DataFra
                            for i in range(0, len(part), step)])
 
 
+def streamed_inputs(parts: dict[str, pd.DataFrame], stores: list[FlowStore],
+                    cfg: FlowNetConfig, shard_flows: int, seed: int
+                    ) -> tuple[ShardedFlows, dict[str, np.ndarray]]:
+    """The training flows as shards, and the val samples early stopping reads (at most
+    VAL_FLOWS_STREAMED, seeded): the data side of a streamed fit, which
+    benchmarks/shard_memory.py --data-path-only measures without the model."""
+    train_x = ShardedFlows(stores, parts["train"]["_store"].to_numpy(),
+                           parts["train"]["row"].to_numpy(), cfg.k, cfg.length, shard_flows)
+    val_part = parts["val"]
+    if len(val_part) > VAL_FLOWS_STREAMED:
+        val_part = val_part.sample(VAL_FLOWS_STREAMED, random_state=seed).sort_index()
+    return train_x, {"val": _matrix(stores, val_part, cfg)}
+
+
 def train_flow(parts: dict[str, pd.DataFrame], stores: list[FlowStore], out: Path, *,
                epochs: int | None, device: str | None, seed: int, target_fpr: float,
                log: Callable[[str], None], provenance: dict,
@@ -62,14 +76,9 @@ def train_flow(parts: dict[str, pd.DataFrame], stores: list[FlowStore], out: Pat
     base = FlowNetConfig.named(flow_config)
     cfg = FlowNetConfig.named(flow_config, k=spec.k, length=min(base.length, spec.l))
     if shard_flows:
-        train_x = ShardedFlows(stores, parts["train"]["_store"].to_numpy(),
-                               parts["train"]["row"].to_numpy(), cfg.k, cfg.length, shard_flows)
-        val_part = parts["val"]
-        if len(val_part) > VAL_FLOWS_STREAMED:
-            val_part = val_part.sample(VAL_FLOWS_STREAMED, random_state=seed).sort_index()
-        X = {"val": _matrix(stores, val_part, cfg)}
+        train_x, X = streamed_inputs(parts, stores, cfg, shard_flows, seed)
         log(f"streaming the training flows in shards of {shard_flows} "
-            f"({train_x.shard_bytes / 2**20:.0f} MiB each); early stopping on {len(val_part)} "
+            f"({train_x.shard_bytes / 2**20:.0f} MiB each); early stopping on {len(X['val'])} "
             "val flows")
     else:
         X = {name: _matrix(stores, parts[name], cfg)
