@@ -26,13 +26,15 @@ def register(sub) -> None:
                    help="flow (default): flow-level SemiFlow on the first K packets of each flow "
                         "together (extract with --select all, the default); packet: the "
                         "method's packet-level model, scored per packet and aggregated "
-                        "(--config, --score, --aggregate, --amp, --resume apply to it only)")
+                        "(--config, --score, --aggregate, --resume apply to it only)")
     p.add_argument("--config", choices=["small", "paper"], default="small",
                    help="packet level: model size, small (CPU minutes, default) or paper")
     p.add_argument("--epochs", type=int, help="maximum epochs per stage (default: the config's)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
-    p.add_argument("--amp", choices=["bf16", "fp16", "off"], default="bf16",
-                   help="mixed precision on CUDA (default bf16; ignored on CPU)")
+    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto",
+                   help="mixed precision on CUDA, ignored on CPU (auto: fp32 for the flow "
+                        "level at its batch of 64, where each step is a CUDA graph and fp32 "
+                        "measured faster, bf16 for larger batches and the packet level)")
     p.add_argument("--flow-config", choices=["default", "cpu"], default="default",
                    help="flow level: model size, default, or cpu (128 bytes per packet, a "
                         "shallower byte encoder: ~2.3x faster scoring on a CPU)")
