@@ -11,6 +11,7 @@ the world size beyond floating-point order.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import os
 from collections.abc import Iterator
@@ -91,9 +92,9 @@ class DistContext:
         return t
 
     def sync_buffers(self, module: torch.nn.Module) -> None:
-        """Rank 0's buffers (BatchNorm running statistics) everywhere: DDP broadcasts them
-        before each forward, so after the last step every rank holds its own; validation
-        and early stopping must see one model."""
+        """Rank 0's buffers (BatchNorm running statistics) everywhere: each rank updates its
+        own from its own batches during an epoch; validation and early stopping must see
+        one model."""
         if self.active:
             import torch.distributed as dist
             for b in module.buffers():
@@ -106,7 +107,15 @@ class DistContext:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         dev = next(module.parameters()).device
-        return DDP(module, device_ids=[dev.index] if dev.type == "cuda" else None)
+        # No buffer broadcast before every forward (a collective no step can overlap):
+        # training-mode BatchNorm normalises with batch statistics, so gradients do not
+        # depend on the running ones, and sync_buffers hands rank 0's to every rank at each
+        # epoch's end, which is what the per-forward broadcast left there too.
+        params = inspect.signature(DDP.__init__).parameters   # (renamed in torch 2.13)
+        no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in params
+                   else {"broadcast_buffers": False})
+        return DDP(module, device_ids=[dev.index] if dev.type == "cuda" else None,
+                   gradient_as_bucket_view=True, **no_sync)
 
 
 def autocast(device: torch.device, amp: str, cache: bool = True):
