@@ -582,13 +582,14 @@ def pack_rows(data, ext, base, offs):
 
 @njit(cache=True)
 def unpack_rows(blob, offs, exts, rows, out):
-    """Dense rows back from packed storage (out is zeroed by the caller)."""
+    """Dense rows back from packed storage (out is zeroed by the caller); out may hold
+    fewer packets or bytes than stored (its first K' packets, first L' bytes of each)."""
     for i in range(rows.shape[0]):
         r = rows[i]
-        for k in range(offs.shape[1]):
+        for k in range(min(offs.shape[1], out.shape[1])):
             o = offs[r, k]
             if o >= 0:
-                e = exts[r, k]
+                e = min(exts[r, k], out.shape[2])
                 out[i, k, :e] = blob[o:o + e]
 
 

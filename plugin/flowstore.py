@@ -177,10 +177,13 @@ class PackedSamples:
     def __len__(self) -> int:
         return self.shape[0]
 
-    def rows(self, rows) -> np.ndarray:
-        """Dense uint8[len(rows), K, L] for the given flow rows."""
+    def rows(self, rows, k: int | None = None, width: int | None = None) -> np.ndarray:
+        """Dense uint8[len(rows), K, L] for the given flow rows; only the first k packets
+        and width bytes of each when given (read no more than the caller keeps)."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        out = np.zeros((rows.shape[0],) + self.shape[1:], np.uint8)
+        k = self.shape[1] if k is None else min(k, self.shape[1])
+        width = self.shape[2] if width is None else min(width, self.shape[2])
+        out = np.zeros((rows.shape[0], k, width), np.uint8)
         fs.unpack_rows(self.blob, self.offs, self.exts, rows, out)
         return out
 

@@ -18,7 +18,6 @@ from semiflow.plugin.flowstore import FlowStore
 from semiflow.training.dataset import (
     budget_flows,
     cap_flows_per_file,
-    first_bytes,
     flow_matrix,
     split_by_file,
     split_by_time,
@@ -245,8 +244,9 @@ def test_service_counts_read_the_first_headers_only(stores):
     keys, cnt = np.unique(service_keys(whole).numpy(), return_counts=True)
     assert src.service_counts() == dict(zip(keys.tolist(), cnt.tolist()))
     assert len(Counter(src.service_counts())) > 3
-    first = first_bytes([s], np.zeros(len(rows), np.int64), rows, 64)
+    first = flow_matrix([s], np.zeros(len(rows), np.int64), rows, 1, 64)   # the narrow read
     np.testing.assert_array_equal(first, whole[:, :1, :64])
+    np.testing.assert_array_equal(s.samples.rows(rows, 2, 50), s.samples.rows(rows)[:, :2, :50])
 
 
 def test_flow_matrix_puts_each_sample_where_asked(stores):

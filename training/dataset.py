@@ -223,35 +223,14 @@ def flow_matrix(stores: list[FlowStore], store_of: np.ndarray, rows: np.ndarray,
                 l: int, at: np.ndarray | None = None) -> np.ndarray:
     """uint8[len(rows), k, l] samples of flows given by (store index, row in that store), in
     order (or flow i at position at[i]: read in store order, stored shuffled, no second
-    copy); read in chunks and cut to k x l as they come, so memory stays len(rows) * k * l
+    copy); read in chunks, each flow's first k packets and l bytes only (k=1, l=64: the
+    first packet's headers, all the service key reads), so memory stays len(rows) * k * l
     (the store pages read are dropped after each chunk: FlowStore.drop_pages)."""
     X = np.zeros((len(rows), k, l), np.uint8)
     for s, store in enumerate(stores):
         mine = np.flatnonzero(store_of == s)
         for a, b in _pieces(rows[mine]):
             part = mine[a:b]
-            X[part if at is None else at[part]] = store.samples.rows(rows[part])[:, :k, :l]
-            store.drop_pages()
-    return X
-
-
-def first_bytes(stores: list[FlowStore], store_of: np.ndarray, rows: np.ndarray, width: int
-                ) -> np.ndarray:
-    """uint8[len(rows), 1, width]: flow_matrix(...)[:, :1, :width] read without the rest of
-    each sample (the service key needs the first packet's headers only)."""
-    X = np.zeros((len(rows), 1, width), np.uint8)
-    j = np.arange(width)
-    for s, store in enumerate(stores):
-        mine = np.flatnonzero(store_of == s)
-        smp = store.samples
-        if not len(smp.blob):
-            continue                 # (no packet stored at all: every sample is zeros)
-        for a, b in _pieces(rows[mine]):
-            part = mine[a:b]
-            r = np.asarray(rows[part], np.int64)
-            off, ext = smp.offs[r, 0], np.minimum(smp.exts[r, 0], width)
-            ext = np.where(off >= 0, ext, 0)
-            there = j < ext[:, None]
-            X[part, 0] = np.where(there, smp.blob[np.where(there, off[:, None] + j, 0)], 0)
+            X[part if at is None else at[part]] = store.samples.rows(rows[part], k, l)
             store.drop_pages()
     return X

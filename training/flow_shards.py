@@ -24,7 +24,7 @@ from semiflow.detector.semiflow_flownet import service_keys
 from semiflow.detector.train_loop import numpy_rng
 from semiflow.plugin.flowstore import FlowStore
 
-from .dataset import first_bytes, flow_matrix
+from .dataset import flow_matrix
 
 SERVICE_BYTES = 64    # of the first packet: what service_keys reads
 
@@ -86,7 +86,7 @@ class ShardedFlows:
         width = min(SERVICE_BYTES, self.length)
         for i in range(0, len(order), self.shard_flows):
             part = order[i:i + self.shard_flows]
-            x = first_bytes(self.stores, self.store_of[part], self.rows[part], width)
+            x = flow_matrix(self.stores, self.store_of[part], self.rows[part], 1, width)
             keys, n = np.unique(service_keys(x).numpy(), return_counts=True)
             counts.update(dict(zip(keys.tolist(), n.tolist())))
         return dict(counts)
