@@ -269,14 +269,13 @@ class MicroBatcher:
         self.score_timeout = score_timeout
         self.stats = stats or ServingStats()
         self.queue_size = queue_size
-        self.warm_input = warm_input
         self._q: queue.Queue = queue.Queue()  # bounded by _queued (flows), see submit
         self._queued = 0
         self._qlock = threading.Lock()
         self._stop = threading.Event()
         self._accepting = True
         self._pool: ThreadPoolExecutor | None = None
-        self._warm_up()
+        self._warm_up(warm_input)
         self._thread = threading.Thread(target=self._run, name="semiflow-batcher", daemon=True)
         self._thread.start()
 
@@ -341,11 +340,11 @@ class MicroBatcher:
             self._queued -= flows
         return items
 
-    def _warm_up(self) -> None:
+    def _warm_up(self, warm_input: list | None) -> None:
         """Load the compiled kernels and run the model once before the first real batch
         (else the first requests wait for numba's cache and torch's first forward)."""
         try:
-            b = self.decode(self.warm_input) if self.warm_input else RequestBatch.empty()
+            b = self.decode(warm_input) if warm_input else RequestBatch.empty()
             if b.errors:
                 log.warning("warm-up: %d warm-up item(s) did not decode: %r", len(b.errors),
                             b.errors[0][1])

@@ -352,10 +352,19 @@ def _allow_hook(path: str | None):
     return allow
 
 
+def _lifecycle(args: argparse.Namespace):
+    """The model slot this process serves from (--model or --models), loading each version
+    with the command's device and GPU options."""
+    from semiflow.detector.scoring import load_scorer
+    from semiflow.serve_lifecycle import Lifecycle
+
+    return Lifecycle(args, lambda path: load_scorer(
+        path, device=args.device, amp=args.amp, compile=args.compile,
+        gpu_path=args.gpu_path == "on"))
+
+
 def run(args: argparse.Namespace, scorer: Scorer | None = None) -> int:
     """The service; `scorer` replaces the --model artifact (benchmarks' trivial scorer)."""
-    from semiflow.detector.scoring import load_scorer
-
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The event loop (the Zeek socket: pings, reads) shares the GIL with the batcher and
@@ -378,10 +387,7 @@ def run(args: argparse.Namespace, scorer: Scorer | None = None) -> int:
     if args.workers > 1 and not args.scorer_addr:
         from semiflow.serve_pool import run_pool
         if scorer is None:
-            from semiflow.serve_lifecycle import Lifecycle
-            lifecycle = Lifecycle(args, lambda path: load_scorer(
-                path, device=args.device, amp=args.amp, compile=args.compile,
-                gpu_path=args.gpu_path == "on"))
+            lifecycle = _lifecycle(args)
             scorer = lifecycle.slot
         return run_pool(args, scorer, shards, lifecycle=lifecycle)
     topics = topics_for(args.topic_prefix, args.shard)
@@ -394,10 +400,7 @@ def run(args: argparse.Namespace, scorer: Scorer | None = None) -> int:
         from semiflow.detector.serving_zmq import RemoteScorer
         scorer = RemoteScorer(args.scorer_addr)
     elif scorer is None:
-        from semiflow.serve_lifecycle import Lifecycle
-        lifecycle = Lifecycle(args, lambda path: load_scorer(
-                path, device=args.device, amp=args.amp, compile=args.compile,
-                gpu_path=args.gpu_path == "on"))
+        lifecycle = _lifecycle(args)
         scorer = lifecycle.slot
     samples = None
     if args.sample_store:
