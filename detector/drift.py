@@ -55,8 +55,11 @@ def _ip_len(samples: np.ndarray) -> np.ndarray:
 
 
 def signal_counts(samples: np.ndarray, n_selected: np.ndarray, scores: np.ndarray,
-                  score_edges: np.ndarray, services: list[int]) -> dict[str, np.ndarray]:
-    """Per-signal bin counts of one batch of flows (uint8[n, K, L] samples)."""
+                  score_edges: np.ndarray, services: list[int],
+                  payload_flows: int | None = None) -> dict[str, np.ndarray]:
+    """Per-signal bin counts of one batch of flows (uint8[n, K, L] samples). payload_flows:
+    count payload bytes on an even subsample of about this many flows (the live monitor's
+    batches; None, the reference: every flow)."""
     samples = np.asarray(samples)
     n = len(samples)
     out: dict[str, np.ndarray] = {}
@@ -74,7 +77,7 @@ def signal_counts(samples: np.ndarray, n_selected: np.ndarray, scores: np.ndarra
     pres = _present(samples)
     if samples.shape[-1] > PAYLOAD_OFFSET:
         # a share per nibble: an even subsample of the flows estimates it as well
-        step = max(1, n // PAYLOAD_FLOWS)
+        step = max(1, n // payload_flows) if payload_flows else 1
         pay = samples[::step, :, PAYLOAD_OFFSET:][pres[::step]]
         nz = pay[pay != 0]
         out["payload_bytes"] = np.bincount(nz >> 4, minlength=16).astype(np.float64)
@@ -189,7 +192,7 @@ class DriftMonitor:
             self._start = now
         if len(samples):
             c = signal_counts(samples, n_selected, scores, self.reference.score_edges,
-                              self.reference.services)
+                              self.reference.services, PAYLOAD_FLOWS)
             for k, v in c.items():
                 self._counts[k] = self._counts.get(k, 0) + v
             self._flows += len(samples)
