@@ -51,9 +51,7 @@ PROTO_GRE = 47
 ANY_PORT = -1  # tunnel_inner's resp_port when the outer connection is unknown: either port
 
 
-@njit(cache=True, inline="always")
-def _u16(b, i):
-    return (np.int64(b[i]) << 8) | np.int64(b[i + 1])
+_u16 = fr._u16
 
 
 @njit(cache=True)
@@ -240,15 +238,15 @@ def parse_frame_for(buf, start, end, linktype, key, out, tmp):
             return r
         if r != fr.OK and r != fr.SKIP_UNTRACKED_PROTO:
             break
-        cur = tmp.copy()
+        cur = tmp   # (parse_inner takes cur's F_IPEND by value before it rewrites tmp)
     return reason
 
 
 @njit(cache=True)
-def parse_innermost(buf, start, end, linktype, out):
-    """The innermost IP level Zeek would reach (UDP tunnels by either port); the reason."""
+def parse_innermost(buf, start, end, linktype, out, tmp):
+    """The innermost IP level Zeek would reach (UDP tunnels by either port); the reason.
+    `tmp` is scratch (int64[NFIELDS]; the caller's, not one allocated per packet)."""
     reason = fr.parse_frame(buf, start, end, linktype, out)
-    tmp = np.zeros(fr.NFIELDS, np.int64)
     depth = 0
     while depth < MAX_DEPTH and (reason == fr.OK or reason == fr.SKIP_UNTRACKED_PROTO):
         s, lt, r = tunnel_inner(buf, out, ANY_PORT)

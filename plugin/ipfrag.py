@@ -58,9 +58,7 @@ class FragTable:
         return self.ints, self.data
 
 
-@njit(cache=True, inline="always")
-def _u16(b, i):
-    return (np.int64(b[i]) << 8) | np.int64(b[i + 1])
+_u16 = fr._u16
 
 
 @njit(cache=True, inline="always")

@@ -91,9 +91,10 @@ def _mac(buf, a):
 @njit(cache=True)
 def _parse_all(buf, starts, ends, linktype, out, macs, ok):
     info = np.zeros(fr.NFIELDS, np.int64)
+    tmp = np.zeros(fr.NFIELDS, np.int64)
     for i in range(starts.shape[0]):
         a, b = starts[i], ends[i]
-        ok[i] = tn.parse_innermost(buf, a, b, linktype, info) == fr.OK
+        ok[i] = tn.parse_innermost(buf, a, b, linktype, info, tmp) == fr.OK
         out[i, :] = info
         if linktype == fr.LINKTYPE_ETHERNET and b - a >= 14:
             macs[i, 0], macs[i, 1] = _mac(buf, a + 6), _mac(buf, a)
