@@ -55,19 +55,29 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def find_captures(paths: list[str]) -> tuple[list[str], list[str]]:
+    """training.extract.expand_captures (captures, other files under the directories), with
+    a one-line usage error when there is no capture (what `extract` and `score` take)."""
+    from semiflow.cli import UsageError
+    from semiflow.training.extract import expand_captures
+
+    captures, ignored = expand_captures(paths)
+    if not captures:
+        raise UsageError(f"no capture found in {', '.join(paths)}"
+                         + (f" ({len(ignored)} other file(s) ignored)" if ignored else ""))
+    return captures, ignored
+
+
 def run(args: argparse.Namespace) -> int:
     from semiflow.cli import UsageError
-    from semiflow.training.extract import expand_captures, extract
+    from semiflow.training.extract import extract
     from semiflow.training.labels import ConnLogLabels, Manifest
 
     spec = spec_from_args(args)
     if args.label and (args.manifest or args.conn_labels):
         raise UsageError("--label labels every flow: do not combine it with --manifest or "
                          "--conn-labels")
-    captures, ignored = expand_captures(args.captures)
-    if not captures:
-        raise UsageError(f"no capture found in {', '.join(args.captures)}"
-                         + (f" ({len(ignored)} other file(s) ignored)" if ignored else ""))
+    captures, ignored = find_captures(args.captures)
     manifest = Manifest(args.manifest) if args.manifest else None
     conn = ConnLogLabels(args.conn_labels) if args.conn_labels else None
     if args.jobs < 0:

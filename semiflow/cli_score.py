@@ -216,14 +216,10 @@ def add_gpu_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from semiflow.cli import UsageError
-    from semiflow.training.extract import expand_captures
+    from semiflow.cli_extract import find_captures
 
     model = args.model or default_model_dir()
-    captures, ignored = expand_captures(args.captures)  # as `semiflow extract` does
-    if not captures:
-        raise UsageError(f"no capture found in {', '.join(args.captures)}"
-                         + (f" ({len(ignored)} other file(s) ignored)" if ignored else ""))
+    captures, _ = find_captures(args.captures)   # as `semiflow extract` does
     res = score_captures(captures, model, args.out, json=args.json, device=args.device,
                          progress=not args.quiet and sys.stderr.isatty(),
                          explain=args.explain, allowlist=args.allowlist, amp=args.amp,
