@@ -15,6 +15,7 @@ import torch
 
 from .aggregate import aggregate_flow_scores
 from .artifact import Artifact, build_flow, build_flow_detector, build_modules, load_artifact
+from .flow_inference import GPU_BATCH
 from .semiflow_inference import flow_nll_scores, packet_scores, probability, resolve_device
 from .spec import FlowSampleSpec
 from .threshold import Threshold
@@ -37,7 +38,8 @@ class FlowScorer:
         if self.flow_detector is not None:
             self.encoder = self.classifier = self.flow = None
             if self.device.type == "cuda" and gpu_path:   # large batches, overlapped copies
-                self.flow_detector.use_gpu_scorer(max(batch_size, 16384), amp, compile)
+                self.flow_detector.use_gpu_scorer(max(batch_size, GPU_BATCH), amp,
+                                                  compile)
             return
         self.encoder, self.classifier = build_modules(artifact, self.device)
         self.flow = build_flow(artifact, self.device) if artifact.score_kind == "flow-nll" \

@@ -328,13 +328,14 @@ class FlowSemiFlowDetector:
             v, [75, 25])), 1e-9))) for k, v in parts.items()}
 
     # ---- inference ----------------------------------------------------------------------
-    def use_gpu_scorer(self, batch_size: int = 16384, amp: str = "bf16",
+    def use_gpu_scorer(self, batch_size: int | None = None, amp: str = "bf16",
                        compile: bool = False) -> None:
         """Score through detector/flow_inference.py (large batches, overlapped copies, amp)
-        instead of the plain path; CUDA only, nll and rec scores only."""
-        from .flow_inference import GpuFlowScorer
+        instead of the plain path; CUDA only, nll and rec scores only. batch_size None:
+        flow_inference.GPU_BATCH."""
+        from .flow_inference import GPU_BATCH, GpuFlowScorer
 
-        self.gpu_scorer_ = GpuFlowScorer(self, batch_size, amp, compile)
+        self.gpu_scorer_ = GpuFlowScorer(self, batch_size or GPU_BATCH, amp, compile)
 
     @torch.no_grad()
     def latent_nll_rec(self, X, amp: str = "off"

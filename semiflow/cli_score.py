@@ -68,6 +68,7 @@ def score_captures(captures: list[str], model_dir: str | Path, out_dir: str | Pa
                    allowlist: str | Path | None = None, amp: str = "off",
                    compile: bool = False, gpu_path: bool = True) -> ScoreResult:
     """Extract with the model's spec, score every flow, write semiflow.log + notice.log."""
+    from semiflow.detector.flow_inference import GPU_BATCH
     from semiflow.detector.scoring import load_scorer
     from semiflow.plugin.flowstore import FlowStore
     from semiflow.plugin.zeeklog_writer import ZeekLogWriter
@@ -79,7 +80,7 @@ def score_captures(captures: list[str], model_dir: str | Path, out_dir: str | Pa
     scorer = load_scorer(model_dir, device=device, amp=amp, compile=compile,
                          gpu_path=gpu_path)
     if batch_flows is None:   # the GPU path wants large batches (docs/scale.md)
-        batch_flows = 16384 if scorer.device.type == "cuda" else 2048
+        batch_flows = GPU_BATCH if scorer.device.type == "cuda" else 2048
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     res = ScoreResult(out_dir=out, threshold=scorer.threshold,
