@@ -103,7 +103,7 @@ async def run(args) -> dict:
                 next_swap += every
             await asyncio.sleep(batch / args.rate)
         end = time.monotonic() + 60
-        while len(dbl.verdicts()) < len(sent) and time.monotonic() < end:
+        while dbl.verdict_flows < len(sent) and time.monotonic() < end:
             await asyncio.sleep(0.1)
         await asyncio.sleep(1.0)
     finally:

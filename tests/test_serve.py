@@ -249,6 +249,7 @@ def test_serve_answers_batches_with_verdict_batches(model, events):
     assert len(dbl.verdicts()) == len(got) == len(reqs) + 3
     ev = dbl.verdict_events()
     assert ev[zw.VERDICT] == 1 and ev[zw.VERDICT_BATCH] <= len(groups) + 1
+    assert dbl.verdict_flows == len(dbl.verdicts())   # batches and the single verdict
     assert all(t == zw.DEFAULT_VERDICT_TOPIC for t, _, _ in dbl.received)
     assert got["BadB"].status == "error" and "base64" in got["BadB"].detail
     assert got["BadA"].status == got["BadC"].status == "ok"

@@ -144,6 +144,7 @@ class ZeekDouble:
         self.metadata = metadata  # [SER] shape of the events this double publishes
         self.app_names: list[str] = []  # X-Application-Name of accepted clients
         self.received: list[tuple[str, str, list]] = []  # dispatched (topic, name, args)
+        self.verdict_flows = 0  # flows answered so far (len(verdicts()) without decoding)
         self.errors_sent: list[dict] = []
         self.clients: dict = {}  # ws -> subscribed prefixes (after ack)
         self.event = asyncio.Event()  # set whenever something is dispatched
@@ -260,6 +261,10 @@ class ZeekDouble:
         # [FACT] dispatched on this node only if subscribed to a prefix of the topic.
         if any(topic.startswith(p) for p in self.subscriptions):
             self.received.append((topic, name, args))
+            if name == zw.VERDICT:
+                self.verdict_flows += 1
+            elif name == zw.VERDICT_BATCH:
+                self.verdict_flows += len(args[0]["data"])   # the uids vector
             self.event.set()
         # Other clients subscribed to the topic get it too (pub/sub).
         await self._fanout(topic, text, exclude=ws)
