@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from speed_data import load  # noqa: E402
+from speed_data import load, tiled  # noqa: E402
 
 from semiflow.detector.scoring import load_scorer  # noqa: E402
 from semiflow.detector.semiflow_inference import auroc  # noqa: E402
@@ -57,7 +57,7 @@ def batch1_latency(det, X: np.ndarray, n: int = 200) -> np.ndarray:
 
 
 def detector(a):
-    sc = load_scorer(a.model, device=a.device)
+    sc = load_scorer(a.model, device=a.device, gpu_path=False)  # (the paths are built below)
     det = sc.flow_detector
     if det is None:
         raise SystemExit("score_speed measures flow-level models")
@@ -87,12 +87,10 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     sc, det = detector(a)
-    det.gpu_scorer_ = None
     flows = load(a.flows, det.config_.length)
     ok = flows.n_selected > 0
     lab_X = flows.X[ok]
-    reps = -(-a.n // len(lab_X))
-    X = np.concatenate([lab_X] * reps)[: a.n]
+    X = tiled(lab_X, a.n)
     k = det.config_.k
     rows = []
 

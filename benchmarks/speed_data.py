@@ -38,9 +38,14 @@ def load(path: str | Path, length: int = 256) -> Flows:
 
     st = FlowStore.open(path)
     order = np.argsort(st.flows["ts"].to_numpy(), kind="stable")
-    X = st.samples.rows(order)[..., :length]
+    X = st.samples.rows(order, width=length)
     return Flows(X, (st.flows["label"].to_numpy() == "anomalous")[order],
                  st.flows["n_selected"].to_numpy().astype(np.int64)[order])
+
+
+def tiled(X: np.ndarray, n: int) -> np.ndarray:
+    """X's flows repeated to n flows (a larger data set of the same traffic)."""
+    return np.concatenate([X] * -(-n // len(X)))[:n]
 
 
 def main() -> None:

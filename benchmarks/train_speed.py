@@ -26,11 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from speed_data import load  # noqa: E402
+from speed_data import load, tiled  # noqa: E402
 
 from semiflow.detector.semiflow_flowlevel import FlowSemiFlowDetector  # noqa: E402
 from semiflow.detector.semiflow_flownet import FlowNetConfig  # noqa: E402
@@ -120,8 +118,7 @@ def main() -> None:
             out.append(r)
             say(json.dumps(r))
     if a.speed_flows:
-        reps = -(-a.speed_flows // len(Xtr))
-        big = np.concatenate([Xtr] * reps)[: a.speed_flows]
+        big = tiled(Xtr, a.speed_flows)
         for v in (a.speed_variants or a.variants).split(","):
             r = run(v, parse_variant(v), cfg, big, Xva, None, a.device, dist, epochs=2)
             r["variant"] += f" x{a.speed_flows}"
