@@ -132,6 +132,23 @@ def _is_port(sp, dp, resp_port, port):
     return resp_port == port
 
 
+@njit(cache=True, inline="always")
+def may_tunnel_ip(info):
+    """An IP protocol tunnel_inner decapsulates (a cheap test before calling it)."""
+    p = info[fr.F_PROTO]
+    return p == PROTO_IPIP or p == PROTO_IPV6 or p == PROTO_GRE
+
+
+@njit(cache=True, inline="always")
+def may_tunnel_udp(info):
+    """A UDP port tunnel_inner decapsulates, on either side (a cheap test before calling
+    it; the ports of its _is_port branches)."""
+    sp, dp = info[fr.F_SPORT], info[fr.F_DPORT]
+    return sp == PORT_VXLAN or dp == PORT_VXLAN or sp == PORT_GENEVE or \
+        dp == PORT_GENEVE or sp == PORT_TEREDO or dp == PORT_TEREDO or \
+        sp == PORT_GRE or dp == PORT_GRE
+
+
 @njit(cache=True)
 def tunnel_inner(buf, info, resp_port):
     """Where the packet inside the parsed IP level `info` starts, if Zeek decapsulates it.

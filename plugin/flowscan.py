@@ -254,31 +254,17 @@ def _packet(buf, a, b, linktype, ts, wlen, info, ints, tss, sel, sdir, spts, spl
     if info[fr.F_FRAG] != 0:
         return False
     if reason == fr.OK:
-        if info[fr.F_PROTO] == fr.PROTO_UDP and _maybe_udp_tunnel(info):
+        if info[fr.F_PROTO] == fr.PROTO_UDP and tn.may_tunnel_udp(info):
             return False
         st[S_PACKETS] += 1
         _flow(buf, info, ts, wlen, True, ints, tss, sel, sdir, spts, splen, sext, pool,
               pool_free, slot_free, keys, oints, otss, odata, odir, opts, oplen, oext, st, cfg,
               tmo)
         return True
-    if reason == fr.SKIP_UNTRACKED_PROTO and _maybe_ip_tunnel(info):
+    if reason == fr.SKIP_UNTRACKED_PROTO and tn.may_tunnel_ip(info):
         return False
     skips[reason] += 1
     return True
-
-
-@njit(cache=True, inline="always")
-def _maybe_ip_tunnel(info):
-    p = info[fr.F_PROTO]
-    return p == tn.PROTO_IPIP or p == tn.PROTO_IPV6 or p == tn.PROTO_GRE
-
-
-@njit(cache=True, inline="always")
-def _maybe_udp_tunnel(info):
-    sp, dp = info[fr.F_SPORT], info[fr.F_DPORT]
-    return sp == tn.PORT_VXLAN or dp == tn.PORT_VXLAN or sp == tn.PORT_GENEVE or \
-        dp == tn.PORT_GENEVE or sp == tn.PORT_TEREDO or dp == tn.PORT_TEREDO or \
-        sp == tn.PORT_GRE or dp == tn.PORT_GRE
 
 
 @njit(cache=True)
