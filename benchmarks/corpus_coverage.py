@@ -18,8 +18,13 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-NOT_IP = ("unknown link type", "truncated link-layer header", "not IPv4/IPv6",
-          "truncated capture record", "bad capture record")
+
+def not_ip_reasons() -> set[str]:
+    """Skip reasons of records that carry no IP traffic (frame.SKIP_REASONS' own words)."""
+    from semiflow.detector import frame as fr
+    return {fr.SKIP_REASONS[i] for i in (fr.SKIP_UNKNOWN_LINKTYPE, fr.SKIP_TRUNCATED_LINK,
+                                         fr.SKIP_NON_IP, fr.SKIP_TRUNCATED_RECORD,
+                                         fr.SKIP_BAD_RECORD)}
 
 
 def main() -> int:
@@ -37,8 +42,9 @@ def main() -> int:
         flows = FlowStore.open(Path(d) / "f").flows
         per = flows.groupby("source_file").size().to_dict()
     rows = []
+    not_ip = not_ip_reasons()
     for f in rep.per_file:
-        ip_skips = {r: n for r, n in f["skipped"].items() if r not in NOT_IP}
+        ip_skips = {r: n for r, n in f["skipped"].items() if r not in not_ip}
         rows.append({"file": f["file"], "flows": int(per.get(f["file"], 0)),
                      "packets": f["packets"], "skipped": f["skipped"],
                      "decoded": f.get("decoded", {}),
@@ -54,11 +60,11 @@ def main() -> int:
     for k, n in sorted(rep.skipped.items(), key=lambda x: -x[1]):
         print(f"  {n:>9,}  {k}")
     print("decoded:")
-    for k, n in getattr(rep, "decoded", {}).items():
+    for k, n in rep.decoded.items():
         print(f"  {n:>9,}  {k}")
     if args.json:
         Path(args.json).write_text(json.dumps({"captures": rows, "skipped": rep.skipped,
-                                               "decoded": getattr(rep, "decoded", {})},
+                                               "decoded": rep.decoded},
                                               indent=1))
     return 0
 
