@@ -13,8 +13,15 @@ batch 64, fp32, eager ("b64-fp32").
 
 --speed-flows N also times 2 epochs a stage on the training flows tiled to N flows (a larger
 data set than the lab's 23k flows, where per-epoch overheads no longer count).
-Variant names: b<batch>-<fp32|bf16>[-compile][-lin][-graph] (-lin: linear learning-rate
-scaling; -graph: each step replayed as one CUDA graph, `semiflow train`'s default on one GPU).
+Variant names: b<batch>-<fp32|bf16>[-compile][-lin][-graph][-w<percent>][-g<flows>] (-lin:
+linear learning-rate scaling; -graph: each step replayed as one CUDA graph, `semiflow train`'s
+default; -w30: 30% of a stage's steps warm the rate up instead of 5%; -g256: BatchNorm
+statistics over groups of 256 flows, -g0 over each rank's whole batch, no -g: the default
+groups of 512, which runs before this option existed did not have).
+Under --ddp each record also holds rank_spread: the largest difference of any parameter
+between the ranks after the fit (0: one model).
+--history prints every epoch's training and validation loss (training loss uses BatchNorm's
+batch statistics, validation its running ones: a gap between them points at the latter).
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ import json
 import re
 import sys
 import time
+from dataclasses import replace
+from itertools import product
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -37,12 +46,15 @@ from semiflow.detector.train_loop import DistContext, FitOptions  # noqa: E402
 
 
 def parse_variant(name: str) -> FitOptions:
-    m = re.fullmatch(r"b(\d+)-(fp32|bf16)(-compile)?(-lin)?(-graph)?", name)
+    m = re.fullmatch(r"b(\d+)-(fp32|bf16)(-compile)?(-lin)?(-graph)?(?:-w(\d+))?(?:-g(\d+))?",
+                     name)
     if not m:
-        raise SystemExit(f"bad variant {name!r}: b<batch>-<fp32|bf16>[-compile][-lin][-graph]")
+        raise SystemExit(f"bad variant {name!r}: b<batch>-<fp32|bf16>[-compile][-lin][-graph]"
+                         "[-w<percent>][-g<flows>]")
     return FitOptions(batch_size=int(m[1]), amp="off" if m[2] == "fp32" else "bf16",
                       compile=bool(m[3]), lr_scaling="linear" if m[4] else "sqrt",
-                      cuda_graphs=bool(m[5]))
+                      cuda_graphs=bool(m[5]), warmup=int(m[6]) / 100 if m[6] else 0.05,
+                      **({"norm_group": int(m[7])} if m[7] else {}))
 
 
 def steady(history: list[dict]) -> tuple[float, float]:
@@ -64,7 +76,21 @@ def best(history: list[dict], stage: str) -> float | None:
     return min(v) if v else None
 
 
-def run(name, opts, cfg, Xtr, Xva, test, device, dist, epochs=None) -> dict:
+def rank_spread(det) -> float:
+    """Largest difference of any trained parameter between ranks (0: DDP kept one model)."""
+    import torch
+    import torch.distributed as td
+
+    v = torch.cat([p.detach().double().flatten() for m in det._modules().values()
+                   if m is not None for p in m.parameters()])
+    hi, lo = v.clone(), v.clone()
+    td.all_reduce(hi, td.ReduceOp.MAX)
+    td.all_reduce(lo, td.ReduceOp.MIN)
+    return float((hi - lo).max())
+
+
+def run(name, opts, cfg, Xtr, Xva, test, device, dist, epochs=None, history=False
+        ) -> dict:
     import torch
 
     det = FlowSemiFlowDetector(cfg, device=device, random_state=cfg.seed, epochs=epochs)
@@ -74,12 +100,18 @@ def run(name, opts, cfg, Xtr, Xva, test, device, dist, epochs=None) -> dict:
     det.fit(Xtr, Xva, options=opts, dist=dist)
     fit_s = time.perf_counter() - t0
     flows, secs = steady(det.history_)
-    rec = {"variant": name, "world": dist.world, "train_flows": len(Xtr),
+    rec = {"variant": name, "seed": cfg.seed, "world": dist.world, "train_flows": len(Xtr),
            "fit_seconds": round(fit_s, 2), "epochs": len(det.history_),
            "steady_flows_per_s": round(flows / max(secs, 1e-9)),
            "steady_packet_rows_per_s": round(flows * cfg.k / max(secs, 1e-9)),
            "best_val_rec": best(det.history_, "reconstruction"),
            "best_val_flow": best(det.history_, "flow")}
+    if dist.active:
+        rec["rank_spread"] = rank_spread(det)
+    if history and dist.rank == 0:
+        for h in det.history_:
+            print(f"  {name} {h['stage']} epoch {h['epoch']}: train {h['train_loss']:.5g} "
+                  f"val {h['val_loss']:.5g} ({h['seconds']:.2f} s)")
     if test is not None and dist.rank == 0:
         ok = test.n_selected > 0
         s = det.anomaly_score(test.X[ok])
@@ -98,35 +130,47 @@ def main() -> None:
                     help="variants for --speed-flows (default: --variants)")
     ap.add_argument("--skip-lab", action="store_true", help="only the --speed-flows runs")
     ap.add_argument("--config", default="default", choices=["default", "cpu"])
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", default="0", help="a seed, or several (0,1,2): each variant once "
+                    "a seed, the data loaded once")
     ap.add_argument("--ddp", action="store_true")
     ap.add_argument("--json", help="write the records here (rank 0)")
+    ap.add_argument("--history", action="store_true", help="print each epoch's losses")
+    ap.add_argument("--no-tf32", action="store_true",
+                    help="full fp32 convolutions (cuDNN's TF32 off: rounding as on a CPU)")
     a = ap.parse_args()
     dist = DistContext.from_env(a.device) if a.ddp else DistContext()
+    if a.no_tf32:
+        import torch
+
+        torch.backends.cudnn.allow_tf32 = False
     cfg0 = FlowNetConfig.named(a.config)
     data = load(a.train, cfg0.length)
     test = load(a.test, cfg0.length) if a.test else None
     Xtr, Xva, _ = data.normal_split()
-    cfg = FlowNetConfig.named(a.config, k=Xtr.shape[1], seed=a.seed)
+    seeds = [int(x) for x in a.seed.split(",")]
+    cfg = FlowNetConfig.named(a.config, k=Xtr.shape[1])
     say = print if dist.rank == 0 else (lambda *x, **k: None)
     say(f"train {len(Xtr)} / val {len(Xva)} normal flows, K={cfg.k}, {cfg.length} bytes; "
         f"world size {dist.world}")
     out = []
     if not a.skip_lab:
-        for v in a.variants.split(","):
-            r = run(v, parse_variant(v), cfg, Xtr, Xva, test, a.device, dist)
+        for v, seed in product(a.variants.split(","), seeds):
+            r = run(v, parse_variant(v), replace(cfg, seed=seed), Xtr, Xva, test, a.device,
+                    dist, history=a.history)
             out.append(r)
             say(json.dumps(r))
     if a.speed_flows:
         big = tiled(Xtr, a.speed_flows)
-        for v in (a.speed_variants or a.variants).split(","):
-            r = run(v, parse_variant(v), cfg, big, Xva, None, a.device, dist, epochs=2)
+        for v, seed in product((a.speed_variants or a.variants).split(","), seeds):
+            r = run(v, parse_variant(v), replace(cfg, seed=seed), big, Xva, test, a.device,
+                    dist, epochs=2, history=a.history)
             r["variant"] += f" x{a.speed_flows}"
             out.append(r)
             say(json.dumps(r))
     if dist.rank == 0:
-        cols = ["variant", "world", "fit_seconds", "epochs", "steady_flows_per_s",
-                "steady_packet_rows_per_s", "best_val_rec", "best_val_flow", "test_auroc"]
+        cols = ["variant", "seed", "world", "fit_seconds", "epochs", "steady_flows_per_s",
+                "steady_packet_rows_per_s", "best_val_rec", "best_val_flow", "test_auroc",
+                "rank_spread"]
         say("| " + " | ".join(cols) + " |")
         say("|" + "---|" * len(cols))
         for r in out:
