@@ -140,10 +140,11 @@ def load_scorer(path: str | os.PathLike, device: str | torch.device | None = Non
     decoder (on the lab's 39,335 flows it flipped 3 verdicts of the bundled model, median
     score change 0.039 against a threshold of 15.0: benchmarks/score_speed.py), `compile`
     captures it as CUDA graphs; `gpu_path` False keeps the plain loop (an A/B switch)."""
-    scorer = FlowScorer(load_artifact(path), device=device, batch_size=batch_size, amp=amp,
-                        compile=compile, gpu_path=gpu_path)
-    spec = scorer.spec
-    try:
+    artifact = load_artifact(path)
+    spec = artifact.spec
+    try:   # (the GPU path warms up every batch shape as it is built: inside the guard too)
+        scorer = FlowScorer(artifact, device=device, batch_size=batch_size, amp=amp,
+                            compile=compile, gpu_path=gpu_path)
         s = scorer.score_flows(np.zeros((1, spec.k, spec.l), np.uint8), np.ones(1, np.int64))
     except (RuntimeError, ValueError, TypeError, IndexError) as e:
         first = (str(e).splitlines() or [""])[0][:200]

@@ -162,6 +162,20 @@ def test_config_that_does_not_fit_the_weights(saved):
         load_artifact(path)
 
 
+def test_scorer_that_fails_as_it_is_built_is_a_clear_error(saved, monkeypatch):
+    """On CUDA the GPU path warms up every batch shape while the scorer is built: a model
+    that cannot run fails there, and says so in one line like the one-sample check."""
+    import semiflow.detector.scoring as scoring
+
+    def broken(self, *a, **k):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered\nmore")
+
+    monkeypatch.setattr(scoring.FlowScorer, "__init__", broken)
+    with pytest.raises(ValueError, match="cannot score a sample of its own spec.*illegal") as e:
+        load_scorer(saved[0])
+    assert "\n" not in str(e.value)
+
+
 def test_spec_mismatch_and_bad_files(saved, tmp_path):
     path = saved[0]
     meta = json.loads((path / META_FILE).read_text())
