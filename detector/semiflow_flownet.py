@@ -152,6 +152,37 @@ def service_index(keys: torch.Tensor, services: tuple[int, ...]) -> torch.Tensor
     return out
 
 
+class GroupedBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm whose training statistics come from fixed groups of `group` rows ("ghost
+    batches"), not from whatever batch one process holds: a DistributedDataParallel rank
+    normalises over its share of the global batch only, so without fixed groups the model
+    trained depends on the number of GPUs (one H200 at batch 8192 reached val rec 0.15 where
+    two reached 0.016; docs/scale.md). 0 = the whole batch. Same parameters and buffers as
+    nn.BatchNorm1d (artifacts load either way); evaluation is unchanged. The running
+    statistics move as far per batch as nn.BatchNorm1d's do (the momentum is shared out over
+    the groups), whatever the number of groups."""
+
+    group: int = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (not self.training or self.group <= 0 or len(x) <= self.group
+                or self.momentum is None):
+            return super().forward(x)
+        parts = x.split(self.group)
+        self.num_batches_tracked.add_(1)
+        m = 1.0 - (1.0 - self.momentum) ** (1.0 / len(parts))
+        return torch.cat([nn.functional.batch_norm(
+            p, self.running_mean, self.running_var, self.weight, self.bias, True, m, self.eps)
+            for p in parts])
+
+
+def set_norm_group(module: nn.Module, rows: int) -> None:
+    """Training BatchNorm statistics over groups of `rows` rows in every layer of module."""
+    for m in module.modules():
+        if isinstance(m, GroupedBatchNorm1d):
+            m.group = max(0, int(rows))
+
+
 class PacketEncoder(nn.Module):
     """uint8-scaled rows float[B, 1, L] -> codes float[B, packet_dim] (shared by K slots)."""
 
@@ -160,7 +191,7 @@ class PacketEncoder(nn.Module):
         ch = cfg.byte_channels
         layers: list[nn.Module] = [nn.Conv1d(1, ch[0], 4, 2, 1, bias=False), nn.LeakyReLU(0.2)]
         for a, b in zip(ch[:-1], ch[1:]):
-            layers += [nn.Conv1d(a, b, 4, 2, 1, bias=False), nn.BatchNorm1d(b),
+            layers += [nn.Conv1d(a, b, 4, 2, 1, bias=False), GroupedBatchNorm1d(b),
                        nn.LeakyReLU(0.2)]
         self.conv = nn.Sequential(*layers)
         self.fc = nn.Linear(ch[-1] * cfg.code_length(), cfg.packet_dim)
@@ -179,7 +210,7 @@ class PacketDecoder(nn.Module):
         self.fc = nn.Linear(cfg.packet_dim, ch[0] * cfg.code_length())
         layers: list[nn.Module] = []
         for a, b in zip(ch[:-1], ch[1:]):
-            layers += [nn.ConvTranspose1d(a, b, 4, 2, 1, bias=False), nn.BatchNorm1d(b),
+            layers += [nn.ConvTranspose1d(a, b, 4, 2, 1, bias=False), GroupedBatchNorm1d(b),
                        nn.ReLU(True)]
         layers.append(nn.ConvTranspose1d(ch[-1], 1, 4, 2, 1, bias=False))
         self.deconv = nn.Sequential(*layers)

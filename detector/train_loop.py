@@ -30,23 +30,29 @@ class FitOptions:
     batch_size: the global batch (all ranks together); None = the config's base batch.
     amp: autocast dtype on CUDA ("off" on CPU always). compile: torch.compile the trained
     modules. cuda_graphs: replay each training step as one captured CUDA graph
-    (GraphedStep; single-process CUDA training without compile, else ignored). warmup:
+    (GraphedStep; CUDA training without compile, else ignored). warmup:
     share of each stage's steps spent warming the learning rate up (only when the batch is
-    larger than the base batch; then the rate decays as a cosine to 10%).
+    larger than the base batch; then the rate decays as a cosine to 10%). norm_group:
+    training-mode BatchNorm takes its statistics over groups of this many flows (0: each
+    rank's whole batch), so the result does not depend on the number of GPUs as long as each
+    rank's batch is a multiple of it.
     """
 
     batch_size: int | None = None
     amp: str = "bf16"
     compile: bool = False
-    cuda_graphs: bool = True     # one CUDA graph per step (CUDA, one rank, not compiled)
+    cuda_graphs: bool = True     # one CUDA graph per step (CUDA, not compiled)
     warmup: float = 0.05
     lr_scaling: str = "sqrt"     # or "linear": the rate grows as the batch, not its root
+    norm_group: int = 512        # flows per BatchNorm statistics group; 0 = the whole batch
 
     def __post_init__(self) -> None:
         if self.amp not in AMP:
             raise ValueError(f"amp must be one of {', '.join(AMP)}, got {self.amp!r}")
         if self.batch_size is not None and self.batch_size < 2:
             raise ValueError("batch size must be >= 2")
+        if self.norm_group < 0 or self.norm_group == 1:
+            raise ValueError("norm group must be 0 (whole batch) or >= 2 flows")
 
 
 class DistContext:
@@ -92,16 +98,24 @@ class DistContext:
         return t
 
     def sync_buffers(self, module: torch.nn.Module) -> None:
-        """Rank 0's buffers (BatchNorm running statistics) everywhere: each rank updates its
-        own from its own batches during an epoch; validation and early stopping must see
-        one model."""
+        """One set of buffers on every rank (validation and early stopping must see one
+        model): each rank updates BatchNorm's running statistics from its own share of the
+        batches during an epoch, so the floating ones are averaged over the ranks (what one
+        process gathers from all of the batches), the counters taken from rank 0."""
         if self.active:
             import torch.distributed as dist
             for b in module.buffers():
-                dist.broadcast(b, 0)
+                if b.is_floating_point():
+                    dist.all_reduce(b)
+                    b.div_(self.world)
+                else:
+                    dist.broadcast(b, 0)
 
-    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
-        """DDP around a module whose parameters this stage trains (a no-op for one rank)."""
+    def wrap(self, module: torch.nn.Module, stream: torch.cuda.Stream | None = None
+             ) -> torch.nn.Module:
+        """DDP around a module whose parameters this stage trains (a no-op for one rank).
+        stream: the side stream whose steps a CUDA graph will capture (GraphedStep's): DDP
+        is built on it, as capturing its all-reduce requires; eager steps: None."""
         if not self.active:
             return module
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -114,8 +128,14 @@ class DistContext:
         params = inspect.signature(DDP.__init__).parameters   # (renamed in torch 2.13)
         no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in params
                    else {"broadcast_buffers": False})
-        return DDP(module, device_ids=[dev.index] if dev.type == "cuda" else None,
-                   gradient_as_bucket_view=True, **no_sync)
+        ids = [dev.index] if dev.type == "cuda" else None
+        if stream is None:
+            return DDP(module, device_ids=ids, gradient_as_bucket_view=True, **no_sync)
+        stream.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(stream):
+            ddp = DDP(module, device_ids=ids, gradient_as_bucket_view=True, **no_sync)
+        torch.cuda.current_stream(dev).wait_stream(stream)
+        return ddp
 
 
 def autocast(device: torch.device, amp: str, cache: bool = True):
@@ -125,6 +145,21 @@ def autocast(device: torch.device, amp: str, cache: bool = True):
         return contextlib.nullcontext()
     return torch.autocast("cuda", dtype=torch.float16 if amp == "fp16" else torch.bfloat16,
                           cache_enabled=cache)
+
+
+@contextlib.contextmanager
+def deterministic_kernels() -> Iterator[None]:
+    """Only cuDNN algorithms that give the same bits on every run, while a model trains.
+    Without it two H200s trained a different model from the same seed each time (val rec
+    0.018 and 0.031 in one process); with it every repeat was bit-identical, at 0-3% of
+    the speed (docs/scale.md). One GPU had repeated itself either way."""
+    b = torch.backends.cudnn
+    old = b.deterministic, b.benchmark
+    b.deterministic, b.benchmark = True, False
+    try:
+        yield
+    finally:
+        b.deterministic, b.benchmark = old
 
 
 def adam(params, lr: float, device: torch.device, capturable: bool = False
@@ -147,15 +182,23 @@ class GraphedStep:
     are ordinary steps on a side stream, as PyTorch's whole-network capture recipe asks;
     the next batch of the same shape is captured and replayed; a batch of another shape
     (an epoch's last) runs eagerly, accumulating into the graph's gradient tensors after
-    zeroing them. The returned loss tensor is overwritten by the next replay."""
+    zeroing them. The returned loss tensor is overwritten by the next replay. Under
+    DistributedDataParallel the gradient all-reduce is captured too (NCCL); DDP asks for 11
+    eager steps before the capture (warmup_steps)."""
 
-    def __init__(self, step, zero_grad, warmup: int = 3):
-        """zero_grad(set_to_none: bool): the optimizer's."""
+    @staticmethod
+    def warmup_steps(ddp: bool) -> int:
+        return 11 if ddp else 3
+
+    def __init__(self, step, zero_grad, warmup: int = 3,
+                 stream: torch.cuda.Stream | None = None):
+        """zero_grad(set_to_none: bool): the optimizer's. stream: the side stream the eager
+        steps before the capture run on (the one DDP was built on)."""
         self.step, self.zero_grad, self.warmup = step, zero_grad, warmup
         self.graph: torch.cuda.CUDAGraph | None = None
         self.x: torch.Tensor | None = None
         self.loss: torch.Tensor | None = None
-        self.stream = torch.cuda.Stream()
+        self.stream = stream if stream is not None else torch.cuda.Stream()
         self.eager_steps = 0
 
     def __call__(self, xb: torch.Tensor) -> torch.Tensor:
@@ -231,9 +274,27 @@ def lr_schedule(opt: torch.optim.Optimizer, base_lr: float, total_steps: int, wa
     return LrSchedule(opt, base_lr, total_steps, warmup)
 
 
+def rank_share(order, per_rank: int, rank: int = 0, world: int = 1):
+    """Rank r's flows of one epoch's permutation `order` (numpy array or tensor): of every
+    global batch (world x per_rank consecutive flows) its r-th block of per_rank, so each
+    rank's BatchNorm groups are the groups one GPU would form from the same global batch;
+    of the last, shorter global batch an equal contiguous block each (the remainder of the
+    division, under `world` flows, sits this epoch out), so every rank takes as many steps.
+    """
+    if world <= 1:
+        return order
+    g = per_rank * world
+    full = len(order) // g * g
+    head = order[:full].reshape(-1, world, per_rank)[:, rank].reshape(-1)
+    share = (len(order) - full) // world
+    tail = order[full + rank * share: full + (rank + 1) * share] if share > 1 else order[:0]
+    cat = torch.cat if isinstance(order, torch.Tensor) else np.concatenate
+    return cat([head, tail])
+
+
 class InMemoryFlows:
     """Flow samples already in one tensor (on the training device): an epoch is a seeded
-    permutation; rank r of w takes every w-th flow of it."""
+    permutation; each rank takes its share of it (rank_share)."""
 
     def __init__(self, X: torch.Tensor):
         self.X = X
@@ -241,11 +302,11 @@ class InMemoryFlows:
     def __len__(self) -> int:
         return len(self.X)
 
-    def chunks(self, seed: int, rank: int = 0, world: int = 1, device=None
-               ) -> Iterator[torch.Tensor]:
+    def chunks(self, seed: int, rank: int = 0, world: int = 1, device=None,
+               per_rank: int = 1) -> Iterator[torch.Tensor]:
         g = torch.Generator(device=self.X.device).manual_seed(seed)
         order = torch.randperm(len(self.X), generator=g, device=self.X.device)
-        yield self.X[order[rank::world]]
+        yield self.X[rank_share(order, per_rank, rank, world)]
 
     def passes(self, device=None) -> Iterator[torch.Tensor]:
         """Every flow once, in order (statistics over the training set)."""
@@ -263,7 +324,10 @@ def batches(chunk: torch.Tensor, per_rank: int) -> Iterator[torch.Tensor]:
 
 
 def steps_per_epoch(n: int, per_rank: int, world: int) -> int:
-    return max(1, math.ceil(math.ceil(n / max(world, 1)) / per_rank))
+    """Batches a rank takes in one epoch of n flows (rank_share, then batches)."""
+    world = max(world, 1)
+    full, share = divmod(n, per_rank * world)
+    return max(1, full + (share // world > 1))
 
 
 def seed_for(seed: int, *salt: int) -> int:

@@ -33,8 +33,8 @@ def register(sub) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto",
                    help="mixed precision on CUDA, ignored on CPU (auto: fp32 for the flow "
-                        "level at its batch of 64, where each step is a CUDA graph and fp32 "
-                        "measured faster, bf16 for larger batches and the packet level)")
+                        "level, which measured faster than bf16 at every batch on an H200, "
+                        "bf16 for the packet level)")
     p.add_argument("--flow-config", choices=["default", "cpu"], default="default",
                    help="flow level: model size, default, or cpu (128 bytes per packet, a "
                         "shallower byte encoder: ~2.3x faster scoring on a CPU)")

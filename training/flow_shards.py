@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from semiflow.detector.semiflow_flownet import service_keys
-from semiflow.detector.train_loop import numpy_rng
+from semiflow.detector.train_loop import numpy_rng, rank_share
 from semiflow.plugin.flowstore import FlowStore
 
 from .dataset import flow_matrix
@@ -68,11 +68,11 @@ class ShardedFlows:
                 yield t
                 del t
 
-    def chunks(self, seed: int, rank: int = 0, world: int = 1, device=None
-               ) -> Iterator[torch.Tensor]:
-        """One epoch: a global seeded shuffle, rank r of w taking every w-th flow."""
+    def chunks(self, seed: int, rank: int = 0, world: int = 1, device=None,
+               per_rank: int = 1) -> Iterator[torch.Tensor]:
+        """One epoch: a global seeded shuffle, each rank taking its share (rank_share)."""
         order = numpy_rng(seed).permutation(len(self))
-        yield from self._shards(order[rank::world], device or "cpu")
+        yield from self._shards(rank_share(order, per_rank, rank, world), device or "cpu")
 
     def passes(self, device=None) -> Iterator[torch.Tensor]:
         """Every flow once, in store order (statistics over the training set)."""

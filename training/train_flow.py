@@ -101,6 +101,7 @@ def train_flow(parts: dict[str, pd.DataFrame], stores: list[FlowStore], out: Pat
                                                    / max(fit_seconds, 1e-9), 1),
              "batch_size": opts.batch_size or cfg.batch_size, "amp": opts.amp,
              "compile": opts.compile, "cuda_graphs": opts.cuda_graphs,
+             "norm_group": opts.norm_group,
              "world_size": dist.world,
              "shard_flows": shard_flows}
     if dist.rank != 0:
