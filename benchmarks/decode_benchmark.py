@@ -10,6 +10,8 @@ against the named alternative it replaces, in the same run:
             vs zeek_decode.decode_flow_requests on the whole batch (orjson, flat checks,
             binascii, one blob)
   samples   spec.build_flow_sample per flow vs spec.build_flow_samples per batch
+  keys      the connection keys of a batch's flows (tunnel.conn_keys: a Python loop) for every
+            flow vs only the flows tunnel.flows_may_tunnel marks (what build_flow_samples does)
   verdicts  json.dumps(Verdict.message()) vs zeek_decode.verdict_text
   total     thorough decode + per-flow samples + json verdicts vs the batch path
   flow_batch  the batch path on per-flow flow_request texts vs on flow_batch texts of
@@ -86,12 +88,17 @@ def main() -> None:
     build_flow_sample(flows[0], spec)  # compile/load the kernels before timing
 
     def batch_samples():
-        for b in rb:
+        for b in rb:   # with the conn_ids, as serve passes them (tunnelled flows)
             build_flow_samples(b.blob, b.frame_off, b.frame_len, b.linktype, b.ts,
-                               b.wire_len, b.is_orig, b.flow_start, spec)
+                               b.wire_len, b.is_orig, b.flow_start, spec, b.ids)
     smp_old = rate(lambda: [build_flow_sample(f, spec) for f in flows], n)
     smp_new = rate(batch_samples, n)
     line("samples", "build_flow_sample", smp_old, "build_flow_samples", smp_new)
+
+    from semiflow.detector import tunnel as tn
+    line("keys", "conn_keys, every flow", rate(lambda: [tn.conn_keys(b.ids) for b in rb], n),
+         "conn_keys of flows_may_tunnel", rate(lambda: [tn.conn_keys(b.ids, tn.flows_may_tunnel(
+             b.blob, b.frame_off, b.frame_len, b.linktype, b.flow_start)) for b in rb], n))
 
     vs = [zw.Verdict(e.uid, "ok", 0.0123, 0.5, False, 8, "semiflow", "v1") for e in reqs]
     vs = vs * a.copies

@@ -214,8 +214,8 @@ def build_flow_samples(blob: np.ndarray, frame_off: np.ndarray, frame_len: np.nd
     n_sel = np.zeros(m, np.int64)
     status = np.zeros(m, np.int8)
     skipped = np.zeros((m, len(fr.SKIP_REASONS)), np.int64)
-    keys = tn.conn_keys(conn_ids) if conn_ids is not None and len(conn_ids) == m \
-        else np.zeros((m, 8), np.int64)
+    keys = tn.conn_keys(conn_ids, tn.flows_may_tunnel(blob, *arrs[:3], flow_start)) \
+        if conn_ids is not None and len(conn_ids) == m else np.zeros((m, 8), np.int64)
     _build_flow_samples(blob, *arrs, flow_start, keys, spec.selection == SELECT_ALL,
                         spec.mask_bits, data, direction, out_ts, out_wlen, n_sel, status,
                         skipped)

@@ -297,13 +297,34 @@ def _port(p: str) -> tuple[int, int]:
     return int(num), _PROTO[proto]
 
 
-def conn_keys(ids: Sequence) -> np.ndarray:
+@njit(cache=True)
+def flows_may_tunnel(blob, frame_off, frame_len, linktype, flow_start):
+    """bool[m]: flows with a frame whose outer level tunnel_inner could decapsulate. Only
+    these need a connection key: parse_frame_for reads every other flow at its outer level,
+    key or no key."""
+    m = flow_start.shape[0] - 1
+    out = np.zeros(m, np.bool_)
+    info = np.zeros(fr.NFIELDS, np.int64)
+    for f in range(m):
+        for j in range(flow_start[f], flow_start[f + 1]):
+            a = frame_off[j]
+            buf = blob[a:a + frame_len[j]]
+            fr.parse_frame(buf, 0, buf.shape[0], linktype[j], info)
+            if may_tunnel_ip(info) or (info[fr.F_PROTO] == fr.PROTO_UDP
+                                       and may_tunnel_udp(info)):
+                out[f] = True
+                break
+    return out
+
+
+def conn_keys(ids: Sequence, only: np.ndarray | None = None) -> np.ndarray:
     """int64[m, 8] keys for parse_frame_for from Zeek conn_ids (orig_h, orig_p "n/proto",
-    resp_h, resp_p); a missing or unreadable id gives a zero row (parse the outer level)."""
+    resp_h, resp_p); a missing or unreadable id gives a zero row (parse the outer level).
+    only: bool[m], the flows to key (flows_may_tunnel); the others get zero rows."""
     out = np.zeros((len(ids), 8), np.int64)
-    for i, cid in enumerate(ids):
+    for i in (range(len(ids)) if only is None else np.flatnonzero(only).tolist()):
         try:
-            oh, op, rh, rp = cid
+            oh, op, rh, rp = ids[i]
             ahi, alo = _addr_key(oh)
             bhi, blo = _addr_key(rh)
             pa, proto = _port(op)

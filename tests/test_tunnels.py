@@ -223,6 +223,30 @@ def test_live_path_builds_the_same_bytes_for_tunnelled_flows(tmp_path):
     assert not np.array_equal(outer.data, s.data)
 
 
+def test_only_flows_that_may_tunnel_are_keyed(tmp_path, monkeypatch):
+    """The live path keys (conn_keys, a Python loop) only the flows flows_may_tunnel marks;
+    keying every flow builds the same samples."""
+    from semiflow.detector import tunnel
+    pkts = []
+    for n, name in enumerate(sorted(TUNNELS)):
+        v6, wrap, _ = TUNNELS[name]
+        pkts += [wrap(fwd, p) for fwd, p in conversation(v6, sport=42000 + n)]
+    pkts += [raw_ip4(A, B, 17, raw_udp(53000, 53, b"plain dns")),
+             raw_ip4(A, B, 6, raw_tcp(40000, 80, b"GET / HTTP/1.1", flags=0x02))]
+    pcap = _pcap(tmp_path / "mix.pcap", pkts)
+    live, some = _live_samples(pcap, SPEC)
+    evs = capture_to_events([pcap], ZeekSideConfig(k=SPEC.k, snaplen=0, max_wait=float("inf")))
+    b = decode_flow_requests([json.dumps(e.message()) for e in evs if e.kind == "request"])
+    marked = tunnel.flows_may_tunnel(b.blob, b.frame_off, b.frame_len, b.linktype,
+                                     b.flow_start)
+    plain = [live[(A, "53000/udp", B, "53/udp")], live[(A, "40000/tcp", B, "80/tcp")]]
+    assert not marked[plain].any() and marked.sum() >= len(TUNNELS)
+    monkeypatch.setattr(tunnel, "flows_may_tunnel", lambda *a: np.ones(len(b.ids), bool))
+    _, every = _live_samples(pcap, SPEC)
+    for name in ("data", "direction", "n_selected", "status", "skipped"):
+        assert np.array_equal(getattr(some, name), getattr(every, name)), name
+
+
 def test_unreadable_conn_ids_fall_back_to_the_outer_level():
     from semiflow.detector.tunnel import conn_keys
     k = conn_keys([None, ("1.2.3.4", "99999999999999999999999/tcp", "5.6.7.8", "80/tcp"),
