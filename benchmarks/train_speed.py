@@ -178,9 +178,7 @@ def main() -> None:
                                   else str(r.get(c, "")) for c in cols) + " |")
         if a.json:
             Path(a.json).write_text(json.dumps(out, indent=1))
-    if dist.active:
-        import torch.distributed as td
-        td.destroy_process_group()
+    dist.close()
 
 
 if __name__ == "__main__":

@@ -166,7 +166,7 @@ class GroupedBatchNorm1d(nn.BatchNorm1d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (not self.training or self.group <= 0 or len(x) <= self.group
-                or self.momentum is None):
+                or self.momentum is None or not self.track_running_stats):
             return super().forward(x)
         parts = x.split(self.group)
         self.num_batches_tracked.add_(1)

@@ -59,8 +59,24 @@ class DistContext:
     """One process of a torch.distributed job (torchrun sets RANK, WORLD_SIZE, LOCAL_RANK);
     a single process is rank 0 of 1 and needs no process group."""
 
-    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0):
+    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0,
+                 owns_group: bool = False):
         self.rank, self.world, self.local_rank = rank, world, local_rank
+        self.owns_group = owns_group
+
+    def __enter__(self) -> DistContext:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Leave the job: the process group this context started is destroyed."""
+        if self.owns_group:
+            import torch.distributed as dist
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            self.owns_group = False
 
     @classmethod
     def from_env(cls, device: str | None) -> DistContext:
@@ -75,11 +91,12 @@ class DistContext:
         cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
         if cuda:
             torch.cuda.set_device(local)
-        if not dist.is_initialized():
+        owns = not dist.is_initialized()
+        if owns:
             dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world,
                                     **({"device_id": torch.device("cuda", local)} if cuda
                                        else {}))
-        return cls(rank, world, local)
+        return cls(rank, world, local, owns)
 
     @property
     def active(self) -> bool:

@@ -113,10 +113,6 @@ def run(args: argparse.Namespace) -> int:
                     flow_config=args.flow_config, cuda_graphs=args.cuda_graphs == "on",
                     progress=not args.quiet and sys.stderr.isatty(),
                     command="semiflow " + " ".join(sys.argv[1:]))
-    if args.ddp:
-        import torch.distributed as dist
-        if dist.is_initialized():
-            dist.destroy_process_group()
     if "threshold" not in summary:
         return 0                          # a DDP rank other than 0: rank 0 reports
     rows = summary.get("train_packet_rows_per_second")

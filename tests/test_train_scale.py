@@ -4,6 +4,7 @@ is present (the device machine, never CI), steps replayed as CUDA graphs."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -50,24 +51,27 @@ def _rank(rank: int, world: int, port: int, out: str, opts: FitOptions) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist = DistContext.from_env("cpu")
-    det = FlowSemiFlowDetector(TINY, device="cpu", random_state=0).fit(
-        flows(256), flows(64, 1), options=opts, dist=dist)
+    with DistContext.from_env("cpu") as dist:
+        det = FlowSemiFlowDetector(TINY, device="cpu", random_state=0).fit(
+            flows(256), flows(64, 1), options=opts, dist=dist)
+    assert not torch.distributed.is_initialized()        # the context left the job
     state = {f"{m}.{k}": v for m, mod in det._modules().items()
              for k, v in mod.state_dict().items()}
     torch.save({"state": state, "history": det.history_,
                 "scores": det.anomaly_score(flows(32, 2))}, f"{out}/rank{rank}.pt")
-    torch.distributed.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _ddp(tmp_path, tag: str, opts: FitOptions | None = None) -> list[dict]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = tmp_path / tag
     out.mkdir()
-    tmp.spawn(_rank, args=(2, port, str(out), opts or FitOptions(batch_size=32)), nprocs=2,
-              join=True)
+    tmp.spawn(_rank, args=(2, _free_port(), str(out), opts or FitOptions(batch_size=32)),
+              nprocs=2, join=True)
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
 
 
@@ -152,6 +156,21 @@ def test_grouped_batchnorm_normalises_each_group():
     plain.eval()
     plain.load_state_dict(g.state_dict())
     torch.testing.assert_close(g(x), plain(x))                 # evaluation: unchanged
+
+
+def test_semiflow_train_ddp_under_torchrun_writes_rank_0s_artifact(tmp_path, store):
+    """The command itself, 2 gloo ranks: one artifact (rank 0's), one report, exit 0."""
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                        "--master-port", str(_free_port()), "-m", "semiflow", "train",
+                        str(store.path), "-o", str(tmp_path / "m"), "--ddp", "--device", "cpu",
+                        "--flow-config", "cpu", "--epochs", "1", "--batch-size", "32",
+                        "--max-flows", "0", "-q"],
+                       capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert r.stdout.count("model written to") == 1, r.stdout
+    prov = json.loads((tmp_path / "m" / "provenance.json").read_text())
+    assert prov["metrics"]["world_size"] == 2
 
 
 def test_ddp_flag_outside_torchrun_is_one_line(tmp_path):

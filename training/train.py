@@ -276,29 +276,29 @@ def train(extract_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     batch_size, compile, shard_flows and ddp (under torchrun) apply to the flow level.
     amp "auto": see resolve_amp."""
     started = time.perf_counter()
-    dist = DistContext.from_env(device) if ddp else DistContext()
-    if dist.rank != 0:
-        log = _quiet
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if level not in LEVELS:
         raise ValueError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
     if level == "packet" and (ddp or shard_flows or compile or batch_size):
         raise ValueError("--ddp, --shard-flows, --compile and --batch-size apply to the flow "
                          "level (the default) only")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     min_calib = math.ceil(1.0 / target_fpr) if 0 < target_fpr < 1 else 0
     if level == "flow":
-        parts, stores = flow_parts(extract_dirs, max_flows, seed, log, max_flows_per_file,
-                                   split, min_calib, exclude_uids)
-        log(f"labelled anomalous flows: {len(parts['anomalous'])} -- used ONLY for the "
-            "validation report, never for fitting or early stopping")
-        prov = _provenance(parts, extract_dirs, command, seed, max_flows_per_file, max_flows,
-                           split)
-        metrics = train_flow(parts, stores, out, epochs=epochs, device=device, seed=seed,
-                             target_fpr=target_fpr, log=log, provenance=prov,
-                             options=FitOptions(batch_size, resolve_amp(amp, "flow"),
-                                                compile, cuda_graphs),
-                             shard_flows=shard_flows, dist=dist, flow_config=flow_config)
+        with DistContext.from_env(device) if ddp else DistContext() as dist:
+            if dist.rank != 0:
+                log = _quiet
+            parts, stores = flow_parts(extract_dirs, max_flows, seed, log, max_flows_per_file,
+                                       split, min_calib, exclude_uids)
+            log(f"labelled anomalous flows: {len(parts['anomalous'])} -- used ONLY for the "
+                "validation report, never for fitting or early stopping")
+            prov = _provenance(parts, extract_dirs, command, seed, max_flows_per_file,
+                               max_flows, split)
+            metrics = train_flow(parts, stores, out, epochs=epochs, device=device, seed=seed,
+                                 target_fpr=target_fpr, log=log, provenance=prov,
+                                 options=FitOptions(batch_size, resolve_amp(amp, "flow"),
+                                                    compile, cuda_graphs),
+                                 shard_flows=shard_flows, dist=dist, flow_config=flow_config)
         return {"out": str(out), "seconds": round(time.perf_counter() - started, 2),
                 **{k: v for k, v in metrics.items() if k != "history"}}
     parts, stores = load_parts(extract_dirs, max_flows_per_file, seed, log, max_flows, split,
