@@ -48,9 +48,9 @@ def register(sub) -> None:
                    help="flow level: torch.compile the trained modules (GPU; compiling "
                         "takes about a minute, worth it for long runs)")
     p.add_argument("--cuda-graphs", choices=["on", "off"], default="on",
-                   help="flow level, one GPU, without --compile: replay each training step "
-                        "as one captured CUDA graph (default on: the base batch's steps are "
-                        "launch-bound, docs/scale.md)")
+                   help="flow level on CUDA, without --compile: replay each training step "
+                        "as one captured CUDA graph, DDP's all-reduce included (default on: "
+                        "small steps are launch-bound, docs/scale.md)")
     p.add_argument("--shard-flows", type=int, default=None, metavar="N",
                    help="flow level: stream the training flows from the extraction in "
                         "shards of N flows (samples in RAM: two or three shards of N x K x "
