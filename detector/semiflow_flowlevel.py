@@ -52,6 +52,7 @@ from .train_loop import (
     scaled_lr,
     seed_for,
     steps_per_epoch,
+    world_size_caveat,
 )
 
 FLOW_SCORES = ("nll+rec", "nll", "rec", "classifier")
@@ -160,6 +161,9 @@ class FlowSemiFlowDetector:
         Xv = torch.from_numpy(np.ascontiguousarray(X_val[..., : cfg.length])).to(dev)
         batch = opts.batch_size or cfg.batch_size
         per_rank = max(2, batch // dist.world)
+        caveat = world_size_caveat(batch, dist.world, opts.norm_group)
+        if caveat and self.log and dist.rank == 0:
+            self.log(f"note: {caveat}")
         large = batch > cfg.batch_size
         lr = scaled_lr(cfg.lr, batch, cfg.batch_size, opts.lr_scaling) if large else cfg.lr
         trained = (_AutoEncoder(self.encoder_, self.decoder_), self.flow_, self.classifier_)

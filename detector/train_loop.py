@@ -291,6 +291,22 @@ def lr_schedule(opt: torch.optim.Optimizer, base_lr: float, total_steps: int, wa
     return LrSchedule(opt, base_lr, total_steps, warmup)
 
 
+def world_size_caveat(batch: int, world: int, norm_group: int) -> str | None:
+    """Why this DDP job's model will depend on its number of GPUs, if it will: a rank's
+    batch that is not whole BatchNorm groups normalises other flows together than one
+    process would (docs/scale.md)."""
+    per_rank = batch // max(world, 1)
+    if world <= 1 or (norm_group and per_rank % norm_group == 0):
+        return None
+    if not norm_group:
+        return (f"each of the {world} ranks normalises its own {per_rank} flows, not the "
+                f"whole batch of {batch}: the model will depend on the number of GPUs "
+                "(BatchNorm groups, FitOptions.norm_group, make it independent)")
+    return (f"each of the {world} ranks normalises its own {per_rank} flows of the batch of "
+            f"{batch}, not whole BatchNorm groups of {norm_group}: the model will depend on "
+            f"the number of GPUs (make --batch-size a multiple of {world} x {norm_group})")
+
+
 def rank_share(order, per_rank: int, rank: int = 0, world: int = 1):
     """Rank r's flows of one epoch's permutation `order` (numpy array or tensor): of every
     global batch (world x per_rank consecutive flows) its r-th block of per_rank, so each

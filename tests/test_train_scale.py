@@ -26,6 +26,7 @@ from semiflow.detector.train_loop import (
     rank_share,
     scaled_lr,
     steps_per_epoch,
+    world_size_caveat,
 )
 from semiflow.plugin.flowstore import FlowStore
 from semiflow.training.dataset import flow_matrix
@@ -115,6 +116,14 @@ def test_fit_trains_with_deterministic_kernels_and_restores_them():
     det.fit(flows(64), flows(16, 1))
     assert seen and all(seen)
     assert (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) == before
+
+
+def test_world_size_caveat_when_ranks_do_not_hold_whole_norm_groups():
+    assert world_size_caveat(8192, 2, 512) is None              # 4096 a rank: 8 groups
+    assert world_size_caveat(64, 1, 512) is None                # one process: nothing to say
+    assert "depend on the number of GPUs" in world_size_caveat(1024, 4, 512)   # 256 a rank
+    assert "4 x 512" in world_size_caveat(6000, 4, 512)
+    assert world_size_caveat(1024, 2, 0) is not None            # whole-batch statistics
 
 
 def test_rank_share_splits_every_global_batch():
