@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import csv
+import socket
 from pathlib import Path
 
 import numpy as np
 
 SLICE = ["443-curl.pcap", "443-git.pcap", "443-safari.pcap", "avast_securedns.pcapng",
          "chrome.pcap", "dns_ambiguous_names.pcap"]
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (metrics endpoints, DevTools, torchrun masters)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def corpus_slice(corpus_dir: Path) -> list[str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from serve_helpers import free_port
 
 from semiflow.cli import main as cli_main
 from semiflow.detector.artifact import save_artifact
@@ -131,12 +131,6 @@ def test_report_content(report):
 
 
 # ---- headless Chromium over the DevTools protocol -----------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Page:
     """Minimal CDP client: one page target, commands and the events seen so far."""
 
@@ -185,7 +179,7 @@ def chromium(tmp_path_factory):
         print("SKIP reason: Debian's chromium is not installed (ci/install-chromium.sh)")
         pytest.skip("chromium not installed (run ci/install-chromium.sh)")
     prof = tmp_path_factory.mktemp("chromium-profile")
-    port = _free_port()
+    port = free_port()
     # Any attempt to reach the network fails here by construction (dead proxy, no DNS);
     # the test still records every request the page makes and requires none.
     proc = subprocess.Popen(

@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from semiflow.plugin import zeek_wire as zw
 from semiflow.plugin.zeek_selection import ZeekSideConfig, capture_to_events
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_helpers import corpus_slice, tiny_model, write_semiflow_log  # noqa: E402
+from serve_helpers import corpus_slice, free_port, tiny_model, write_semiflow_log  # noqa: E402
 from zeek_double import ZeekDouble  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,12 +42,6 @@ def events(corpus_dir):
     if not files:
         pytest.skip("corpus slice not found")
     return files, capture_to_events(files, CFG)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_serve(model, url, *extra, metrics_port=None):
@@ -145,7 +138,7 @@ def _run_serve_session(model, reqs, tmp_path, extra=(), metrics=True):
     """Start the double and serve, publish reqs, collect verdicts; returns (double, out)."""
     async def main():
         dbl = await ZeekDouble().start()
-        mport = _free_port() if metrics else None
+        mport = free_port() if metrics else None
         proc = start_serve(model, dbl.url, *extra, metrics_port=mport)
         try:
             await wait_for(lambda: dbl.clients or proc.poll() is not None, 90, "serve connect")
@@ -281,7 +274,7 @@ def test_malformed_messages_get_error_verdicts_and_serve_survives(model, events,
 
     async def main():
         dbl = await ZeekDouble().start()
-        mport = _free_port()
+        mport = free_port()
         proc = start_serve(model, dbl.url, metrics_port=mport)
         try:
             await wait_for(lambda: dbl.clients, 90, "serve connect")
@@ -356,7 +349,7 @@ def test_serve_survives_kill_and_double_restart(model, events, tmp_path):
     a, b, c = reqs[:15], reqs[15:30], reqs[30:45]
 
     async def main():
-        port = _free_port()
+        port = free_port()
         dbl = await ZeekDouble(port=port).start()
         proc = start_serve(model, dbl.url)
         try:
@@ -398,7 +391,7 @@ def test_flood_is_shed_with_bounded_queue(model, events, tmp_path):
 
     async def main():
         dbl = await ZeekDouble().start()
-        mport = _free_port()
+        mport = free_port()
         proc = start_serve(model, dbl.url, "--queue", str(queue), "--max-batch", "8",
                            metrics_port=mport)
         depth = []

@@ -19,7 +19,8 @@ from semiflow.plugin import zeek_wire as zw
 from semiflow.plugin.zeek_selection import ZeekSideConfig, capture_to_events
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_serve import _free_port, _key, scrape, start_serve, stop, wait_for  # noqa: E402
+from serve_helpers import free_port  # noqa: E402
+from test_serve import _key, scrape, start_serve, stop, wait_for  # noqa: E402
 from zeek_double import ZeekDouble  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,7 +109,7 @@ def _serve(model, reqs, workers: int = 1):
     async def main():
         dbl = await ZeekDouble().start()
         extra = ("--workers", str(workers), "--max-batch", "64") if workers > 1 else ()
-        mport = None if workers > 1 else _free_port()
+        mport = None if workers > 1 else free_port()
         proc = start_serve(model, dbl.url, *extra, metrics_port=mport)
         try:
             await wait_for(lambda: len(dbl.clients) == workers or proc.poll() is not None,

@@ -23,9 +23,9 @@ from semiflow.plugin import zeek_wire as zw
 from semiflow.plugin.flowstore import FlowStore
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_helpers import lab_sample_batches, tiny_model  # noqa: E402
+from serve_helpers import free_port, lab_sample_batches, tiny_model  # noqa: E402
 from test_models_store import variant  # noqa: E402
-from test_serve import _free_port, scrape, stop, wait_for  # noqa: E402
+from test_serve import scrape, stop, wait_for  # noqa: E402
 from zeek_double import ZeekDouble  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,7 +49,7 @@ def test_promote_under_load_swaps_between_batches(batches, tmp_path, workers):
     v3 = store.add(tiny_model(tmp_path / "k4", k=4, l=256), reason="wrong spec")
     store.promote(v1, "live")
     thresholds = {v.name: v.threshold for v in store.versions()}
-    logs, mport = tmp_path / "lifecycle", _free_port()
+    logs, mport = tmp_path / "lifecycle", free_port()
 
     async def main():
         dbl = await ZeekDouble().start()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as tmp
+from serve_helpers import free_port
 from shard_memory import build_store
 
 from semiflow.detector.flow_inference import bucket
@@ -62,16 +62,10 @@ def _rank(rank: int, world: int, port: int, out: str, opts: FitOptions) -> None:
                 "scores": det.anomaly_score(flows(32, 2))}, f"{out}/rank{rank}.pt")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp(tmp_path, tag: str, opts: FitOptions | None = None) -> list[dict]:
     out = tmp_path / tag
     out.mkdir()
-    tmp.spawn(_rank, args=(2, _free_port(), str(out), opts or FitOptions(batch_size=32)),
+    tmp.spawn(_rank, args=(2, free_port(), str(out), opts or FitOptions(batch_size=32)),
               nprocs=2, join=True)
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
 
@@ -170,7 +164,7 @@ def test_grouped_batchnorm_normalises_each_group():
 def test_semiflow_train_ddp_under_torchrun_writes_rank_0s_artifact(tmp_path, store):
     """The command itself, 2 gloo ranks: one artifact (rank 0's), one report, exit 0."""
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                        "--master-port", str(_free_port()), "-m", "semiflow", "train",
+                        "--master-port", str(free_port()), "-m", "semiflow", "train",
                         str(store.path), "-o", str(tmp_path / "m"), "--ddp", "--device", "cpu",
                         "--flow-config", "cpu", "--epochs", "1", "--batch-size", "32",
                         "--max-flows", "0", "-q"],
