@@ -140,8 +140,8 @@ class DistContext:
         dev = next(module.parameters()).device
         # No buffer broadcast before every forward (a collective no step can overlap):
         # training-mode BatchNorm normalises with batch statistics, so gradients do not
-        # depend on the running ones, and sync_buffers hands rank 0's to every rank at each
-        # epoch's end, which is what the per-forward broadcast left there too.
+        # depend on the running ones, and sync_buffers makes them one set (averaged over the
+        # ranks) at each epoch's end.
         params = inspect.signature(DDP.__init__).parameters   # (renamed in torch 2.13)
         no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in params
                    else {"broadcast_buffers": False})
