@@ -13,11 +13,12 @@ batch 64, fp32, eager ("b64-fp32").
 
 --speed-flows N also times 2 epochs a stage on the training flows tiled to N flows (a larger
 data set than the lab's 23k flows, where per-epoch overheads no longer count).
-Variant names: b<batch>-<fp32|bf16>[-compile][-lin][-graph][-w<percent>][-g<flows>] (-lin:
-linear learning-rate scaling; -graph: each step replayed as one CUDA graph, `semiflow train`'s
-default; -w30: 30% of a stage's steps warm the rate up instead of 5%; -g256: BatchNorm
-statistics over groups of 256 flows, -g0 over each rank's whole batch, no -g: the default
-groups of 512, which runs before this option existed did not have).
+Variant names: b<batch>-<fp32|bf16>[-compile][-lin][-graph][-w<percent>][-g<flows>][-lr<rate>]
+(-lin: linear learning-rate scaling; -graph: each step replayed as one CUDA graph, `semiflow
+train`'s default; -w30: 30% of a stage's steps warm the rate up instead of 5%; -g256:
+BatchNorm statistics over groups of 256 flows, -g0 over each rank's whole batch, no -g: the
+default groups of 512, which runs before this option existed did not have; -lr0.003: that
+peak learning rate instead of the scaled one).
 Under --ddp each record also holds rank_spread: the largest difference of any parameter
 between the ranks after the fit (0: one model).
 --history prints every epoch's training and validation loss (training loss uses BatchNorm's
@@ -46,14 +47,15 @@ from semiflow.detector.train_loop import DistContext, FitOptions  # noqa: E402
 
 
 def parse_variant(name: str) -> FitOptions:
-    m = re.fullmatch(r"b(\d+)-(fp32|bf16)(-compile)?(-lin)?(-graph)?(?:-w(\d+))?(?:-g(\d+))?",
-                     name)
+    m = re.fullmatch(r"b(\d+)-(fp32|bf16)(-compile)?(-lin)?(-graph)?(?:-w(\d+))?(?:-g(\d+))?"
+                     r"(?:-lr([\d.e-]+))?", name)
     if not m:
         raise SystemExit(f"bad variant {name!r}: b<batch>-<fp32|bf16>[-compile][-lin][-graph]"
-                         "[-w<percent>][-g<flows>]")
+                         "[-w<percent>][-g<flows>][-lr<rate>]")
     return FitOptions(batch_size=int(m[1]), amp="off" if m[2] == "fp32" else "bf16",
                       compile=bool(m[3]), lr_scaling="linear" if m[4] else "sqrt",
                       cuda_graphs=bool(m[5]), warmup=int(m[6]) / 100 if m[6] else 0.05,
+                      lr=float(m[8]) if m[8] else None,
                       **({"norm_group": int(m[7])} if m[7] else {}))
 
 

@@ -165,7 +165,8 @@ class FlowSemiFlowDetector:
         if caveat and self.log and dist.rank == 0:
             self.log(f"note: {caveat}")
         large = batch > cfg.batch_size
-        lr = scaled_lr(cfg.lr, batch, cfg.batch_size, opts.lr_scaling) if large else cfg.lr
+        lr = opts.lr or (scaled_lr(cfg.lr, batch, cfg.batch_size, opts.lr_scaling) if large
+                         else cfg.lr)
         trained = (_AutoEncoder(self.encoder_, self.decoder_), self.flow_, self.classifier_)
         for stage in range(3):
             if stage == 1:

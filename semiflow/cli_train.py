@@ -41,9 +41,12 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
                    help="flow level: flows per step, all GPUs together (default: the "
                         "config's 64; larger batches scale the learning rate by "
-                        "sqrt(N/64) with warm-up and cosine decay; e.g. 1024 on a GPU for "
-                        "millions of flows: in the same epochs a small data set trains less "
-                        "well with large batches, docs/scale.md)")
+                        "sqrt(N/64), at most 4x, with warm-up and cosine decay; e.g. 1024 "
+                        "on a GPU for millions of flows: in the same epochs a small data set "
+                        "trains less well with large batches, docs/scale.md)")
+    p.add_argument("--lr", type=float, default=None, metavar="RATE",
+                   help="flow level: peak learning rate (default: 1e-3, scaled as above for "
+                        "a larger --batch-size)")
     p.add_argument("--compile", action="store_true",
                    help="flow level: torch.compile the trained modules (GPU; compiling "
                         "takes about a minute, worth it for long runs)")
@@ -97,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.epochs is not None and args.epochs < 1:
         raise ValueError("--epochs must be >= 1")
+    if args.lr is not None and not args.lr > 0:
+        raise ValueError("--lr must be > 0")
     for flag in ("max_flows", "max_flows_per_file", "batch_size", "shard_flows"):
         v = getattr(args, flag)
         if v is not None and v < 0:
@@ -108,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
                     max_flows=args.max_flows or None, split=args.split,
                     aggregate=args.aggregate, amp=args.amp, score=args.score,
                     level=args.level, exclude_uids=read_uids(args.exclude_uids),
-                    batch_size=args.batch_size, compile=args.compile,
+                    batch_size=args.batch_size, lr=args.lr, compile=args.compile,
                     shard_flows=args.shard_flows, ddp=args.ddp,
                     flow_config=args.flow_config, cuda_graphs=args.cuda_graphs == "on",
                     progress=not args.quiet and sys.stderr.isatty(),

@@ -20,6 +20,7 @@ from semiflow.detector.flow_inference import bucket
 from semiflow.detector.semiflow_flowlevel import FlowSemiFlowDetector
 from semiflow.detector.semiflow_flownet import FlowNetConfig, GroupedBatchNorm1d
 from semiflow.detector.train_loop import (
+    MAX_LR_FACTOR,
     DistContext,
     FitOptions,
     lr_schedule,
@@ -31,6 +32,7 @@ from semiflow.detector.train_loop import (
 from semiflow.plugin.flowstore import FlowStore
 from semiflow.training.dataset import flow_matrix
 from semiflow.training.flow_shards import ShardedFlows
+from semiflow.training.train import train
 
 TINY = FlowNetConfig(length=128, k=4, byte_channels=(4, 8), packet_dim=8, hidden=16,
                      latent_dim=4, flow_blocks=2, flow_hidden=16, epochs=(2, 2, 1),
@@ -176,6 +178,26 @@ def test_semiflow_train_ddp_under_torchrun_writes_rank_0s_artifact(tmp_path, sto
     assert prov["metrics"]["world_size"] == 2
 
 
+def test_lr_option_sets_the_peak_rate(tmp_path, store, monkeypatch):
+    """`semiflow train --lr` reaches the optimiser of every stage instead of the scaled rate."""
+    import semiflow.detector.semiflow_flowlevel as fl
+
+    rates = []
+    real = fl.adam
+    monkeypatch.setattr(fl, "adam", lambda p, lr, *a, **k: rates.append(lr) or real(p, lr, *a, **k))
+    train([str(store.path)], tmp_path / "m", device="cpu", flow_config="cpu", epochs=1,
+          max_flows=None, batch_size=32, lr=2.5e-3, log=lambda *a: None)
+    assert rates and set(rates) == {2.5e-3}
+    with pytest.raises(ValueError, match="learning rate"):
+        FitOptions(lr=0.0)
+    with pytest.raises(ValueError, match="--lr apply to the flow level"):
+        train([str(store.path)], tmp_path / "p", level="packet", lr=1e-3)
+    r = subprocess.run([sys.executable, "-m", "semiflow", "train", str(store.path), "-o",
+                        str(tmp_path / "z"), "--lr", "0"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode != 0 and r.stderr.strip() == "semiflow train: error: --lr must be > 0"
+
+
 def test_ddp_flag_outside_torchrun_is_one_line(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
     r = subprocess.run([sys.executable, "-m", "semiflow", "train", str(tmp_path), "-o",
@@ -219,7 +241,11 @@ def test_fit_on_a_streamed_set(store):
 
 def test_large_batch_rate_and_schedule():
     assert scaled_lr(1e-3, 1024, 64) == pytest.approx(4e-3)
-    assert scaled_lr(1e-3, 1024, 64, "linear") == pytest.approx(16e-3)
+    assert scaled_lr(1e-3, 256, 64, "linear") == pytest.approx(4e-3)
+    assert scaled_lr(1e-3, 256, 64) == pytest.approx(2e-3)
+    # the rate stops growing at MAX_LR_FACTOR x the base rate (batch 1024 with sqrt scaling)
+    assert scaled_lr(1e-3, 8192, 64) == scaled_lr(1e-3, 1024, 64) == MAX_LR_FACTOR * 1e-3
+    assert scaled_lr(1e-3, 1024, 64, "linear") == pytest.approx(MAX_LR_FACTOR * 1e-3)
     opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], 1.0)
     assert lr_schedule(opt, 1.0, 100, 0.05, large=False) is None  # the method's constant rate
     sched = lr_schedule(opt, 1.0, 100, 0.1, large=True)

@@ -267,20 +267,21 @@ def train(extract_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
           max_flows: int | None = DEFAULT_MAX_FLOWS, split: str = "auto",
           level: str = "flow", exclude_uids: set[str] | None = None,
           batch_size: int | None = None, compile: bool = False, shard_flows: int | None = None,
-          ddp: bool = False, flow_config: str = "default", cuda_graphs: bool = True) -> dict:
+          ddp: bool = False, flow_config: str = "default", cuda_graphs: bool = True,
+          lr: float | None = None) -> dict:
     """Fit SemiFlow on the normal flows, calibrate the threshold, write the artifact.
 
     level "flow" (default): flow-level SemiFlow on whole flow samples (training/train_flow.py;
     config, amp, score, aggregate and resume apply to the packet level only); "packet": the
     method's packet-level model scored per packet and aggregated per flow.
-    batch_size, compile, shard_flows and ddp (under torchrun) apply to the flow level.
+    batch_size, lr, compile, shard_flows and ddp (under torchrun) apply to the flow level.
     amp "auto": see resolve_amp."""
     started = time.perf_counter()
     if level not in LEVELS:
         raise ValueError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
-    if level == "packet" and (ddp or shard_flows or compile or batch_size):
-        raise ValueError("--ddp, --shard-flows, --compile and --batch-size apply to the flow "
-                         "level (the default) only")
+    if level == "packet" and (ddp or shard_flows or compile or batch_size or lr):
+        raise ValueError("--ddp, --shard-flows, --compile, --batch-size and --lr apply to the "
+                         "flow level (the default) only")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     min_calib = math.ceil(1.0 / target_fpr) if 0 < target_fpr < 1 else 0
@@ -297,7 +298,7 @@ def train(extract_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
             metrics = train_flow(parts, stores, out, epochs=epochs, device=device, seed=seed,
                                  target_fpr=target_fpr, log=log, provenance=prov,
                                  options=FitOptions(batch_size, resolve_amp(amp, "flow"),
-                                                    compile, cuda_graphs),
+                                                    compile, cuda_graphs, lr=lr),
                                  shard_flows=shard_flows, dist=dist, flow_config=flow_config)
         return {"out": str(out), "seconds": round(time.perf_counter() - started, 2),
                 **{k: v for k, v in metrics.items() if k != "history"}}
