@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def not_ip_reasons() -> set[str]:
     """Skip reasons of records that carry no IP traffic (frame.SKIP_REASONS' own words)."""
-    from semiflow.detector import frame as fr
+    from semiflow.detector.sample import frame as fr
     return {fr.SKIP_REASONS[i] for i in (fr.SKIP_UNKNOWN_LINKTYPE, fr.SKIP_TRUNCATED_LINK,
                                          fr.SKIP_NON_IP, fr.SKIP_TRUNCATED_RECORD,
                                          fr.SKIP_BAD_RECORD)}
@@ -32,7 +32,7 @@ def main() -> int:
     ap.add_argument("--corpus", default=str(ROOT.parent / "shared" / "corpus"))
     ap.add_argument("--json", help="write the per-capture figures here")
     args = ap.parse_args()
-    from semiflow.detector.spec import FlowSampleSpec
+    from semiflow.detector.sample.spec import FlowSampleSpec
     from semiflow.plugin.flowstore import FlowStore
     from semiflow.training.extract import extract
 

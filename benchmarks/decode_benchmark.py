@@ -54,7 +54,7 @@ def main() -> None:
     from serve_benchmark import build_requests
     from zeek_double import zeek_json
 
-    from semiflow.detector.spec import FlowSampleSpec, build_flow_sample, build_flow_samples
+    from semiflow.detector.sample.spec import FlowSampleSpec, build_flow_sample, build_flow_samples
     from semiflow.plugin import zeek_wire as zw
     from semiflow.plugin.zeek_decode import _thorough, decode_flow_requests, verdict_text
 
@@ -95,7 +95,7 @@ def main() -> None:
     smp_new = rate(batch_samples, n)
     line("samples", "build_flow_sample", smp_old, "build_flow_samples", smp_new)
 
-    from semiflow.detector import tunnel as tn
+    from semiflow.detector.sample import tunnel as tn
     line("keys", "conn_keys, every flow", rate(lambda: [tn.conn_keys(b.ids) for b in rb], n),
          "conn_keys of flows_may_tunnel", rate(lambda: [tn.conn_keys(b.ids, tn.flows_may_tunnel(
              b.blob, b.frame_off, b.frame_len, b.linktype, b.flow_start)) for b in rb], n))

@@ -7,7 +7,8 @@ after the benign mix changes.
 The model (the bundled one was trained on the benign run lab-out/train-benign, seed 1) and
 the drift reference stored in it. Scenario "unchanged": the benign flows of another run with
 the same mix (test-mixed, seed 2; its attack flows left out) replayed in time order through
-the serving path's DriftMonitor (detector/drift.py), the flows' own timestamps as the clock.
+the serving path's DriftMonitor (detector/lifecycle/drift.py), the flows' own timestamps as
+the clock.
 Scenario "changed": the first half of that replay, then a run made with another benign mix
 (`python -m lab.run --scenario train-benign --mix ...`, e.g. no DNS clients, triple redis),
 shifted to follow without a gap: the minutes from the change to the end of the first window
@@ -26,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from semiflow.detector.drift import DriftMonitor, DriftReference  # noqa: E402
+from semiflow.detector.lifecycle.drift import DriftMonitor, DriftReference  # noqa: E402
 from semiflow.detector.scoring import load_scorer  # noqa: E402
 from semiflow.plugin.flowstore import FlowStore  # noqa: E402
 from semiflow.training.evaluate_lab import score_store_rows  # noqa: E402

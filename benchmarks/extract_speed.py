@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 CONTENDERS = {
     "semiflow extract (K=8, L=1600, samples to disk)": """
-from semiflow.detector.spec import FlowSampleSpec
+from semiflow.detector.sample.spec import FlowSampleSpec
 from semiflow.training.extract import extract
 rep = extract([CAP], OUT, FlowSampleSpec())
 RESULT = {"packets": rep.packets + rep.skipped_total, "flows": rep.flows}

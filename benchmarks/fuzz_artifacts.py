@@ -21,10 +21,10 @@ def tiny_flow_artifact(out: Path) -> Path:
     import torch
 
     from semiflow.detector.artifact import save_flow_artifact
-    from semiflow.detector.semiflow_flowartifact import flow_modules
-    from semiflow.detector.semiflow_flowlevel import FlowSemiFlowDetector
-    from semiflow.detector.semiflow_flownet import FlowNetConfig
-    from semiflow.detector.spec import FlowSampleSpec
+    from semiflow.detector.models.semiflow_flowartifact import flow_modules
+    from semiflow.detector.models.semiflow_flowlevel import FlowSemiFlowDetector
+    from semiflow.detector.models.semiflow_flownet import FlowNetConfig
+    from semiflow.detector.sample.spec import FlowSampleSpec
     from semiflow.detector.threshold import Threshold
 
     torch.manual_seed(0)

@@ -88,8 +88,8 @@ def pcapng_blocks(data: bytes, limit: int = 4000) -> list[tuple[int, int, int, b
 def mutate_frame_fields(rng: random.Random, b: bytearray, start: int, end: int,
                         linktype: int) -> None:
     """Set one IP/transport length-like field of the frame b[start:end] to an extreme."""
-    from semiflow.detector import frame as fr
-    from semiflow.detector.spec import parse_frame
+    from semiflow.detector.sample import frame as fr
+    from semiflow.detector.sample.spec import parse_frame
 
     _, info = parse_frame(bytes(b[start:end]), linktype)
     l3, l4 = start + int(info[fr.F_L3OFF]), start + int(info[fr.F_L4OFF])
@@ -179,7 +179,7 @@ def mutate_capture(rng: random.Random, seed: bytes) -> bytes:
 
 # ---- capture reader + flow kernels ---------------------------------------------------------
 def setup_capture(work: Path, corpus: Path | None):
-    from semiflow.detector.spec import FlowSampleSpec
+    from semiflow.detector.sample.spec import FlowSampleSpec
     from semiflow.plugin.capture import FlowTable
 
     st = SimpleNamespace(seeds=capture_seeds(corpus), spec=FlowSampleSpec(k=4, l=256),
@@ -228,7 +228,7 @@ CAPTURE = Target(
 
 # ---- Suricata pcap-log files (the connector's reader of the same kernels) -------------------
 def setup_pcap_log(work: Path, corpus: Path | None):
-    from semiflow.detector.spec import FlowSampleSpec
+    from semiflow.detector.sample.spec import FlowSampleSpec
     from semiflow.plugin.capture import PCAP_MAGICS
 
     seeds = [b for b in capture_seeds(corpus) if b[:4] in PCAP_MAGICS]

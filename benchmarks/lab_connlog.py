@@ -49,19 +49,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from semiflow.detector.log_baselines import FrequencyBaseline  # noqa: E402
-from semiflow.detector.log_detector import (  # noqa: E402
+from semiflow.detector.logs.baselines import FrequencyBaseline  # noqa: E402
+from semiflow.detector.logs.detector import (  # noqa: E402
     LogLMDetector,
     auto_device,
     dyad_hour_scores,
     select_groups,
     split_holdout,
 )
-from semiflow.detector.log_threshold import (  # noqa: E402
+from semiflow.detector.logs.threshold import (  # noqa: E402
     calibrate_threshold,
     chained_calib_scores,
 )
-from semiflow.detector.log_tokens import dyad_hour_frame, group_bounds, normalize_conn  # noqa: E402
+from semiflow.detector.logs.tokens import dyad_hour_frame, group_bounds, normalize_conn  # noqa: E402
 from semiflow.plugin.zeeklog import read_zeek_log  # noqa: E402
 
 

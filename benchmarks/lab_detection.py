@@ -48,7 +48,7 @@ def say(msg: str) -> None:
 def flow_store(run: Path, work: Path, select: str, k: int, l: int,
                mask: tuple[str, ...] = ("addresses",)) -> Path:
     """The run's extraction for this spec, made once and reused."""
-    from semiflow.detector.spec import FlowSampleSpec
+    from semiflow.detector.sample.spec import FlowSampleSpec
     from semiflow.plugin.flowstore import FlowStore
     from semiflow.training.extract import extract
     from semiflow.training.labels import ConnLogLabels
@@ -78,7 +78,7 @@ class ArtifactEmbedder:
     def encode(self, X: np.ndarray, batch: int = 4096) -> np.ndarray:
         import torch
 
-        from semiflow.detector.semiflow_inference import as_float
+        from semiflow.detector.models.semiflow_inference import as_float
         enc, dev = self.scorer.encoder, self.scorer.device
         with torch.inference_mode():
             return np.concatenate([
@@ -112,7 +112,7 @@ def kitsune_scores(a, train_run: Path, test_run: Path, train_flows: pd.DataFrame
                    calib: pd.DataFrame, t_cut: float, test_flows: pd.DataFrame, seed: int):
     """(test flow scores, threshold from calib flows, fit s, info)."""
     from semiflow.detector.aggregate import aggregate_flow_scores
-    from semiflow.detector.kitsune import Kitsune
+    from semiflow.detector.baselines.kitsune import Kitsune
     from semiflow.plugin.packet_meta import map_packets_to_flows, read_packet_meta
     from semiflow.training.evaluate import calibrate_threshold
 

@@ -26,8 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from semiflow.detector.log_detector import LogLMDetector  # noqa: E402
-from semiflow.detector.log_tokens import dyad_hour_frame, normalize_conn  # noqa: E402
+from semiflow.detector.logs.detector import LogLMDetector  # noqa: E402
+from semiflow.detector.logs.tokens import dyad_hour_frame, normalize_conn  # noqa: E402
 
 LOGS = Path(os.environ.get("SEMIFLOW_ZEEK_LOGS",
                            Path(__file__).resolve().parent.parent.parent / "shared" / "zeek-logs"))

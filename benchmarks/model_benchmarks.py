@@ -37,7 +37,7 @@ def extraction(args: argparse.Namespace) -> str:
     """An extraction directory: the one given, or the corpus extracted into a temp dir."""
     if args.extract:
         return args.extract
-    from semiflow.detector.spec import FlowSampleSpec
+    from semiflow.detector.sample.spec import FlowSampleSpec
     from semiflow.training.extract import extract
     from semiflow.training.labels import Manifest
     corpus = Path(args.corpus)
@@ -52,7 +52,7 @@ def extraction(args: argparse.Namespace) -> str:
 
 
 def accuracy(args: argparse.Namespace, extract_dir: str) -> dict:
-    from semiflow.detector.semiflow_model import SemiFlowConfig
+    from semiflow.detector.models.semiflow_model import SemiFlowConfig
     from semiflow.training.evaluate import BENCHMARKS, load_flow_data, make_splits
     from semiflow.training.evaluate_run import evaluate_split, markdown_table, public, summarize
 
@@ -98,8 +98,8 @@ def _sync(dev: torch.device) -> None:
 
 def training_speed(X: np.ndarray, dev: torch.device, epochs: int) -> dict:
     """Seconds and packet rows/s (rows x epochs run, all three stages) of SemiFlow.fit."""
-    from semiflow.detector.semiflow import SemiFlowDetector
-    from semiflow.detector.semiflow_model import SemiFlowConfig
+    from semiflow.detector.models.semiflow import SemiFlowDetector
+    from semiflow.detector.models.semiflow_model import SemiFlowConfig
     cfg = SemiFlowConfig.small(length=X.shape[1], patience=10 ** 6)
     det = SemiFlowDetector(cfg, epochs=epochs, device=str(dev), random_state=0)
     n_val = max(1, len(X) // 10)
@@ -116,7 +116,7 @@ def training_speed(X: np.ndarray, dev: torch.device, epochs: int) -> dict:
 def inference_speed(det, X: np.ndarray, dev: torch.device, batches: list[int],
                     pkts_per_flow: float, budget_s: float = 3.0) -> list[dict]:
     """Encoder+classifier packet rows/s and flows/s at each batch size (host->device incl.)."""
-    from semiflow.detector.semiflow import packet_scores
+    from semiflow.detector.models.semiflow import packet_scores
     enc, cls = det.encoder_.to(dev).eval(), det.classifier_.to(dev).eval()
     out = []
     for b in batches:
@@ -142,7 +142,7 @@ def inference_speed(det, X: np.ndarray, dev: torch.device, batches: list[int],
 def iforest_speed(X: np.ndarray, batches: list[int], pkts_per_flow: float) -> list[dict]:
     """The named alternative: Isolation Forest (200 trees) scoring on CPU."""
     try:
-        from semiflow.detector.baselines import IsolationForestDetector
+        from semiflow.detector.baselines.classic import IsolationForestDetector
     except ImportError:
         return []
     det = IsolationForestDetector(seed=0).fit(X)

@@ -4,7 +4,7 @@ The flows come from host memory, as in `semiflow score` / `serve` (the copy to t
 the time). Printed side by side, for one model:
 - "plain": FlowSemiFlowDetector's own loop (2048 flows a batch, fp32, a copy and a sync per
   batch): the named alternative, and what the CPU runs;
-- "gpu": detector/flow_inference.py at several batch sizes, fp32 and bf16, eager and
+- "gpu": detector/models/flow_inference.py at several batch sizes, fp32 and bf16, eager and
   compiled as CUDA graphs (torch.compile mode reduce-overhead);
 in flows/s and packet rows/s (flows x K), plus batch-1 latency; then, on the lab's labelled
 flows, how far bf16 scores move from fp32 ones, how many verdicts flip at the model's
@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from speed_data import load, tiled  # noqa: E402
 
+from semiflow.detector.models.semiflow_inference import auroc  # noqa: E402
 from semiflow.detector.scoring import load_scorer  # noqa: E402
-from semiflow.detector.semiflow_inference import auroc  # noqa: E402
 
 
 def timed(fn, X, repeat: int = 3) -> float:
@@ -62,8 +62,8 @@ def detector(a):
     if det is None:
         raise SystemExit("score_speed measures flow-level models")
     if a.config != "default":   # same spec, the other config's shapes (speed only)
-        from semiflow.detector.semiflow_flowlevel import FlowSemiFlowDetector
-        from semiflow.detector.semiflow_flownet import FlowNetConfig
+        from semiflow.detector.models.semiflow_flowlevel import FlowSemiFlowDetector
+        from semiflow.detector.models.semiflow_flownet import FlowNetConfig
 
         cfg = FlowNetConfig.named(a.config, k=det.config_.k)
         X = load(a.flows, cfg.length).X

@@ -40,12 +40,12 @@ import pandas as pd
 import torch
 
 from semiflow.detector.aggregate import aggregate_flow_scores
-from semiflow.detector.baselines_knn import KNNDetector
-from semiflow.detector.semiflow import SemiFlowDetector
-from semiflow.detector.semiflow_flowlevel import FlowSemiFlowDetector
-from semiflow.detector.semiflow_flownet import FlowNetConfig
-from semiflow.detector.semiflow_inference import auroc
-from semiflow.detector.semiflow_model import SemiFlowConfig
+from semiflow.detector.baselines.knn import KNNDetector
+from semiflow.detector.models.semiflow import SemiFlowDetector
+from semiflow.detector.models.semiflow_flowlevel import FlowSemiFlowDetector
+from semiflow.detector.models.semiflow_flownet import FlowNetConfig
+from semiflow.detector.models.semiflow_inference import auroc
+from semiflow.detector.models.semiflow_model import SemiFlowConfig
 from semiflow.detector.threshold import calibrate_threshold
 from semiflow.plugin.flowstore import FlowStore
 

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from semiflow.detector.aggregate import aggregate_flow_scores
-from semiflow.detector.semiflow import SemiFlowDetector
-from semiflow.detector.semiflow_inference import flow_nll_scores
-from semiflow.detector.semiflow_model import SemiFlowConfig
+from semiflow.detector.models.semiflow import SemiFlowDetector
+from semiflow.detector.models.semiflow_inference import flow_nll_scores
+from semiflow.detector.models.semiflow_model import SemiFlowConfig
 from semiflow.training.evaluate import BENCHMARKS, flow_metrics, load_flow_data, make_splits
 
 METRICS = ("auroc", "auprc", "tpr@0.001")

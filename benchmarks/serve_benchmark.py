@@ -50,7 +50,7 @@ def serve_trivial(argv: list[str]) -> int:
 
     from semiflow import cli_serve
     from semiflow.detector.artifact import load_artifact
-    from semiflow.detector.spec import FlowSampleSpec
+    from semiflow.detector.sample.spec import FlowSampleSpec
 
     ap = argparse.ArgumentParser()
     cli_serve.register(ap.add_subparsers())

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from speed_data import load  # noqa: E402
 
-from semiflow.detector.spec import FlowSampleSpec  # noqa: E402
+from semiflow.detector.sample.spec import FlowSampleSpec  # noqa: E402
 from semiflow.plugin.flowstore import packet_array_writers, write_meta  # noqa: E402
 
 
@@ -118,7 +118,7 @@ def data_path(store: Path, shard_flows: int, seed: int = 42) -> dict:
 
     import torch  # noqa: F401  (training imports it first: its RSS is in the baseline)
 
-    from semiflow.detector.semiflow_flownet import FlowNetConfig
+    from semiflow.detector.models.semiflow_flownet import FlowNetConfig
     from semiflow.detector.threshold import DEFAULT_TARGET_FPR
     from semiflow.training.train import _provenance, flow_parts
     from semiflow.training.train_flow import _scores, streamed_inputs

@@ -210,7 +210,7 @@ def print_gaps(cap: Path, sur_out: Path, model: Path, depth: int) -> None:
 
 def gaps_ndpi(n: int, work: Path, sur_cmd: list[str], depth: int) -> None:
     """The breakdown over the n largest nDPI captures (README's '12 largest' figure)."""
-    from semiflow.detector.spec import FlowSampleSpec
+    from semiflow.detector.sample.spec import FlowSampleSpec
     files = sorted((CORPUS / "pcaps" / "ndpi").iterdir(), key=lambda p: -p.stat().st_size)[:n]
     specs = [FlowSampleSpec(k=8, l=256, selection="all"),
              FlowSampleSpec(k=4, l=256, selection="payload")]

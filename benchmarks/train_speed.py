@@ -40,10 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from speed_data import load, tiled  # noqa: E402
 
-from semiflow.detector.semiflow_flowlevel import FlowSemiFlowDetector  # noqa: E402
-from semiflow.detector.semiflow_flownet import FlowNetConfig  # noqa: E402
-from semiflow.detector.semiflow_inference import auroc  # noqa: E402
-from semiflow.detector.train_loop import DistContext, FitOptions  # noqa: E402
+from semiflow.detector.models.semiflow_flowlevel import FlowSemiFlowDetector  # noqa: E402
+from semiflow.detector.models.semiflow_flownet import FlowNetConfig  # noqa: E402
+from semiflow.detector.models.semiflow_inference import auroc  # noqa: E402
+from semiflow.detector.models.train_loop import DistContext, FitOptions  # noqa: E402
 
 
 def parse_variant(name: str) -> FitOptions:

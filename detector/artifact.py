@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from .permissions import refuse_world_writable
-from .semiflow_model import Classifier, Encoder, Flow, SemiFlowConfig
-from .spec import FlowSampleSpec
-from .threshold import Threshold
+from semiflow.detector.models.semiflow_model import Classifier, Encoder, Flow, SemiFlowConfig
+from semiflow.detector.permissions import refuse_world_writable
+from semiflow.detector.sample.spec import FlowSampleSpec
+from semiflow.detector.threshold import Threshold
 
 FORMAT = "semiflow-model"
 FORMAT_VERSION = 1               # packet-level artifacts; flow-level ones are version 2
@@ -38,7 +38,8 @@ AGGREGATES = ("max", "mean", "median")
 # the flow's NLL per dimension ("flow-nll", needs flow.* weights), or "probability"
 # (artifacts written before the log-odds change, which lack the field).
 SCORE_KINDS = ("log-odds", "flow-nll", "probability")
-# Flow-level artifacts (`"level": "flow"`, detector/semiflow_flowartifact.py) score whole flows:
+# Flow-level artifacts (`"level": "flow"`, detector/models/semiflow_flowartifact.py) score
+# whole flows:
 FLOW_SCORE_KINDS = ("nll+rec", "nll", "rec")
 
 
@@ -299,8 +300,12 @@ def _weights(root: Path, meta: dict) -> tuple[Path, dict]:
 
 def _load_flow_level(root: Path, meta: dict) -> Artifact:
     """A flow-level artifact (format 2); its weights are checked by building the detector."""
-    from .semiflow_flowartifact import check_spec, detector_from_tensors, flow_modules
-    from .semiflow_flownet import FlowNetConfig
+    from semiflow.detector.models.semiflow_flowartifact import (
+        check_spec,
+        detector_from_tensors,
+        flow_modules,
+    )
+    from semiflow.detector.models.semiflow_flownet import FlowNetConfig
 
     try:
         check_config_numbers(meta["config"])
@@ -336,7 +341,7 @@ def save_flow_artifact(path: str | os.PathLike, detector, spec: FlowSampleSpec,
     """Write a fitted FlowSemiFlowDetector as an artifact directory (format version 2)."""
     from safetensors.torch import save_file
 
-    from .semiflow_flowartifact import flow_meta_and_tensors
+    from semiflow.detector.models.semiflow_flowartifact import flow_meta_and_tensors
 
     fields, tensors = flow_meta_and_tensors(detector, spec)
     out = Path(path)
@@ -356,7 +361,7 @@ def save_flow_artifact(path: str | os.PathLike, detector, spec: FlowSampleSpec,
 
 def build_flow_detector(artifact: Artifact, device: torch.device | str = "cpu"):
     """The fitted FlowSemiFlowDetector of a flow-level artifact, on `device`."""
-    from .semiflow_flowartifact import detector_from_tensors
+    from semiflow.detector.models.semiflow_flowartifact import detector_from_tensors
 
     if artifact.level != "flow":
         raise ValueError("model artifact is packet-level: it has no flow-level detector")

@@ -17,21 +17,22 @@ import inspect
 from typing import Any
 
 DETECTORS: dict[str, str] = {
-    "semiflow": "semiflow.detector.semiflow:SemiFlowDetector",
-    "semiflow-nll": "semiflow.detector.semiflow_nll:SemiFlowNLLDetector",
-    "iforest": "semiflow.detector.baselines:IsolationForestDetector",
-    "ocsvm": "semiflow.detector.baselines:OneClassSVMDetector",
-    "pca": "semiflow.detector.baselines:PCAReconstructionDetector",
-    "kde": "semiflow.detector.baselines:KDEDetector",
-    "ae": "semiflow.detector.baselines_deep:AutoencoderDetector",
-    "ganomaly1d": "semiflow.detector.baselines_deep:GANomaly1dDetector",
+    "semiflow": "semiflow.detector.models.semiflow:SemiFlowDetector",
+    "semiflow-nll": "semiflow.detector.models.semiflow_nll:SemiFlowNLLDetector",
+    "iforest": "semiflow.detector.baselines.classic:IsolationForestDetector",
+    "ocsvm": "semiflow.detector.baselines.classic:OneClassSVMDetector",
+    "pca": "semiflow.detector.baselines.classic:PCAReconstructionDetector",
+    "kde": "semiflow.detector.baselines.classic:KDEDetector",
+    "ae": "semiflow.detector.baselines.deep:AutoencoderDetector",
+    "ganomaly1d": "semiflow.detector.baselines.deep:GANomaly1dDetector",
 }
 FLOW_DETECTORS: dict[str, str] = {
-    "knn": "semiflow.detector.baselines_knn:KNNDetector",
+    "knn": "semiflow.detector.baselines.knn:KNNDetector",
 }
 # name -> (class, the entry point that evaluates it on captures)
 CAPTURE_DETECTORS: dict[str, tuple[str, str]] = {
-    "kitsune": ("semiflow.detector.kitsune:Kitsune", "python -m semiflow.training.kitsune_eval"),
+    "kitsune": ("semiflow.detector.baselines.kitsune:Kitsune",
+                "python -m semiflow.training.kitsune_eval"),
 }
 
 # Detectors whose fitted instances expose encoder features (embed/encode), best first:

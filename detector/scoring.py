@@ -13,12 +13,23 @@ import os
 import numpy as np
 import torch
 
-from .aggregate import aggregate_flow_scores
-from .artifact import Artifact, build_flow, build_flow_detector, build_modules, load_artifact
-from .flow_inference import GPU_BATCH
-from .semiflow_inference import flow_nll_scores, packet_scores, probability, resolve_device
-from .spec import FlowSampleSpec
-from .threshold import Threshold
+from semiflow.detector.aggregate import aggregate_flow_scores
+from semiflow.detector.artifact import (
+    Artifact,
+    build_flow,
+    build_flow_detector,
+    build_modules,
+    load_artifact,
+)
+from semiflow.detector.models.flow_inference import GPU_BATCH
+from semiflow.detector.models.semiflow_inference import (
+    flow_nll_scores,
+    packet_scores,
+    probability,
+    resolve_device,
+)
+from semiflow.detector.sample.spec import FlowSampleSpec
+from semiflow.detector.threshold import Threshold
 
 VERDICT_ANOMALOUS = "anomalous"
 VERDICT_NORMAL = "normal"
@@ -110,7 +121,7 @@ class FlowScorer:
         if (n_sel < 0).any() or (n_sel > samples.shape[1]).any():
             raise ValueError("score_flows: n_selected out of range")
         if self.flow_detector is not None:
-            from .semiflow_flowartifact import score_flow_samples
+            from semiflow.detector.models.semiflow_flowartifact import score_flow_samples
             return score_flow_samples(self.flow_detector, samples, n_sel)
         m = len(samples)
         mask = np.arange(samples.shape[1])[None, :] < n_sel[:, None]
@@ -136,7 +147,7 @@ def load_scorer(path: str | os.PathLike, device: str | torch.device | None = Non
     The model scores one empty sample of its own spec before it is handed out: an artifact
     whose config fits its weights but not its input (a corrupt length, say) fails here, as
     a ValueError, rather than on every flow of a running service. On CUDA a flow-level model
-    scores through detector/flow_inference.py: `amp` "bf16" autocasts its byte encoder and
+    scores through detector/models/flow_inference.py: `amp` "bf16" autocasts its byte encoder and
     decoder (on the lab's 39,335 flows it flipped 3 verdicts of the bundled model, median
     score change 0.039 against a threshold of 15.0: benchmarks/score_speed.py), `compile`
     captures it as CUDA graphs; `gpu_path` False keeps the plain loop (an A/B switch)."""

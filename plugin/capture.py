@@ -16,8 +16,8 @@ import numpy as np
 from numba import types
 from numba.typed import Dict
 
-from semiflow.detector import frame as fr
-from semiflow.detector.spec import FlowSampleSpec
+from semiflow.detector.sample import frame as fr
+from semiflow.detector.sample.spec import FlowSampleSpec
 
 from . import flowscan as fs
 from . import ipfrag

@@ -2,7 +2,7 @@
 
 Written with numba because a Python per-packet loop tops out far below the 1M packets/s
 target (benchmarks/extract_speed.py measures both). The per-packet bytes come from the same
-kernels the live path uses (detector.frame.parse_frame / write_sample_row).
+kernels the live path uses (detector.sample.frame.parse_frame / write_sample_row).
 
 State lives in numpy arrays owned by plugin.capture.FlowTable; the kernels stop and return a
 code when an array is full, the Python side grows or flushes it and calls again.
@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from semiflow.detector import frame as fr
-from semiflow.detector import tunnel as tn
+from semiflow.detector.sample import frame as fr
+from semiflow.detector.sample import tunnel as tn
 
 from . import ipfrag as ipf
 

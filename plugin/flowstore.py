@@ -30,7 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from semiflow.detector.spec import STATUS_NO_PAYLOAD, STATUS_OK, FlowSampleSpec
+from semiflow.detector.sample.spec import STATUS_NO_PAYLOAD, STATUS_OK, FlowSampleSpec
 
 from . import flowscan as fs
 from .capture import FlowBatch

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from semiflow.detector import frame as fr
+from semiflow.detector.sample import frame as fr
 
 SLOTS = 256
 HDR_ROOM = 128            # the rebuilt header goes right before the data

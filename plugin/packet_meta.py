@@ -2,11 +2,11 @@
 and the map from packets to the flows of semiflow's flow table.
 
 Kitsune needs ALL packets, not only the selected payload packets the flow store keeps. Frames
-are parsed by the kernels the flow table uses (detector.frame), down to the innermost tunnelled
-IP level (detector.tunnel.parse_innermost), so addresses, ports and ICMP "ports" agree with
-flows.parquet; a UDP tunnel's frame maps to the inner flow, not the outer one. Frames it cannot
-parse (ARP, fragments: not reassembled here, other protocols) are kept with whatever was
-parsed, ports 0 (MACs as addresses when not IP).
+are parsed by the kernels the flow table uses (detector.sample.frame), down to the innermost
+tunnelled IP level (detector.sample.tunnel.parse_innermost), so addresses, ports and ICMP
+"ports" agree with flows.parquet; a UDP tunnel's frame maps to the inner flow, not the outer
+one. Frames it cannot parse (ARP, fragments: not reassembled here, other protocols) are kept
+with whatever was parsed, ports 0 (MACs as addresses when not IP).
 The capture is read into memory whole (pcap or pcapng, gzip transparent); for pcapng (dpkt's
 reader, first interface's link type) the wire length is the captured length.
 """
@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 from numba import njit
 
-from semiflow.detector import frame as fr
-from semiflow.detector import tunnel as tn
+from semiflow.detector.sample import frame as fr
+from semiflow.detector.sample import tunnel as tn
 
 from .capture import PCAP_MAGICS, CaptureError, open_capture
 from .flowstore import _addresses

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from semiflow.detector import frame as fr
-from semiflow.detector.spec import FlowSampleSpec
+from semiflow.detector.sample import frame as fr
+from semiflow.detector.sample.spec import FlowSampleSpec
 
 from . import flowscan as fs
 from .capture import PCAP_MAGICS, CaptureError, FlowBatch, FlowTable

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from semiflow.detector.spec import STATUS_CODES, FlowSampleSpec
+from semiflow.detector.sample.spec import STATUS_CODES, FlowSampleSpec
 
 from .flowstore import FlowStoreWriter
 

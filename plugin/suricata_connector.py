@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from semiflow.detector.spec import FlowSampleSpec
+from semiflow.detector.sample.spec import FlowSampleSpec
 
 from . import flowscan as fs
 from .capture import FlowBatch, FlowTable

@@ -3,7 +3,7 @@ encoding.
 
 The live path's hot loop (docs/zeek.md "Where the time goes"): a batch of raw WebSocket
 texts -> one `RequestBatch` (flow keys + every frame's bytes in ONE blob) that
-detector.spec.build_flow_samples turns into samples in one compiled call. Per message:
+detector.sample.spec.build_flow_samples turns into samples in one compiled call. Per message:
 orjson parse, a flat check of the 13 arguments' tags and JSON types, binascii base64.
 Anything the fast check does not accept goes through the thorough path (stdlib json +
 zeek_wire.parse_event/flow_request_from_args), which is the authority on what is valid and
@@ -20,7 +20,7 @@ import re
 
 import numpy as np
 
-from semiflow.detector.serving import RequestBatch, RequestError
+from semiflow.detector.serving.core import RequestBatch, RequestError
 
 from . import zeek_wire as zw
 from .zeek_batch import decode_batch

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import dpkt
 import numpy as np
 
-from semiflow.detector import frame as fr
-from semiflow.detector import tunnel as tn
+from semiflow.detector.sample import frame as fr
+from semiflow.detector.sample import tunnel as tn
 from semiflow.plugin.capture import ZEEK_TIMEOUTS
 
 from . import zeek_wire as zw
@@ -170,7 +170,7 @@ class ZeekSelection:
 
     def packet(self, raw: bytes, linktype: int, ts: float, wire_len: int) -> None:
         """One frame: every IP level Zeek makes a connection of raises new_packet with the
-        whole frame (tunnels: detector/tunnel.py, as plugin/flowscan.py descends). A
+        whole frame (tunnels: detector/sample/tunnel.py, as plugin/flowscan.py descends). A
         fragment is Zeek's to reassemble; collect.zeek skips the frame of a reassembled
         datagram, so here a first piece counts for its connection without its frame and a
         later piece is ignored (Zeek would count the datagram when its last piece arrives)."""

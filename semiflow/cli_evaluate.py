@@ -83,7 +83,7 @@ def detector_params(args: argparse.Namespace, names: list[str]) -> dict[str, dic
             params[n]["device"] = args.device
     for n in ("semiflow", "semiflow-nll"):
         if args.bytes and n in names:
-            from semiflow.detector.semiflow_model import SemiFlowConfig
+            from semiflow.detector.models.semiflow_model import SemiFlowConfig
             params[n]["config"] = SemiFlowConfig.small(length=args.bytes)
     for item in args.param:
         key, sep, value = item.partition("=")
@@ -121,7 +121,7 @@ def load_model(path: str, device: str | None = None):
     if not p.exists():
         raise ValueError(f"--model {path}: no such file or directory")
     if p.is_file():
-        from semiflow.detector.baselines import load_detector
+        from semiflow.detector.baselines.classic import load_detector
         return load_detector(p), None, None
     det = ArtifactDetector(str(p), device)
     return det, det.scorer.spec, det.scorer.aggregate

@@ -52,7 +52,11 @@ def _normal_sample(path: str, cap: int = 4000, flow_level: bool = False):
 
 def run(args: argparse.Namespace) -> int:
     from semiflow.cli_score import default_model_dir
-    from semiflow.detector.explain import explain_flow, nearest_normal, plot_explanation
+    from semiflow.detector.explain.packet_level import (
+        explain_flow,
+        nearest_normal,
+        plot_explanation,
+    )
     from semiflow.detector.scoring import load_scorer
     from semiflow.plugin.flowstore import FlowStore
 
@@ -85,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
                 e = explain_flow(scorer, st.samples[i], n_sel, uid, args.method, args.steps,
                                  directions=st.pkt_dir[i])
                 if normal is not None and flow_level:
-                    from semiflow.detector.explain_flowlevel import nearest_normal_flows
+                    from semiflow.detector.explain.flow_level import nearest_normal_flows
                     e.nearest = nearest_normal_flows(scorer, e, *normal[0], normal[1])
                 elif normal is not None:
                     e.nearest = nearest_normal(scorer, e, normal[0], normal[1])
@@ -130,7 +134,7 @@ def _print_nearest(e, args: argparse.Namespace, png: str, what: str) -> None:
 
 
 def _print_flow_level(e, args: argparse.Namespace, png: str, threshold: float) -> None:
-    """Text report of a FlowLevelExplanation (detector/explain_flowlevel.py)."""
+    """Text report of a FlowLevelExplanation (detector/explain/flow_level.py)."""
     print(f"flow {e.uid}: flow-level score {e.score:.3f} (threshold {threshold:.3f}); "
           f"{e.n_selected} packets, service {e.service}; baseline ({e.baseline}) score "
           f"{e.baseline_score:.3f}")

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from semiflow.detector.spec import FlowSampleSpec
+from semiflow.detector.sample.spec import FlowSampleSpec
 
 
 def add_spec_arguments(p: argparse.ArgumentParser) -> None:

@@ -8,9 +8,9 @@ import os
 import sys
 from pathlib import Path
 
-from semiflow.detector.log_models import MODELS
-from semiflow.detector.log_threshold import CALIBRATIONS, FPR_UNITS
-from semiflow.detector.log_tokens import TOKENIZERS
+from semiflow.detector.logs.models import MODELS
+from semiflow.detector.logs.threshold import CALIBRATIONS, FPR_UNITS
+from semiflow.detector.logs.tokens import TOKENIZERS
 from semiflow.threads import add_threads_argument, apply_threads
 
 DYAD_FIELDS = [("ts", "time"), ("host_a", "addr"), ("host_b", "addr"), ("n_flows", "count"),
@@ -94,7 +94,7 @@ def _progress(args) -> bool:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from semiflow.detector.log_detector import auto_device
+    from semiflow.detector.logs.detector import auto_device
     from semiflow.training.log_train import train_from_logs
 
     apply_threads(args.threads)
@@ -126,7 +126,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _load(args):
-    from semiflow.detector.log_detector import LogLMDetector, auto_device
+    from semiflow.detector.logs.detector import LogLMDetector, auto_device
 
     det = LogLMDetector.load(args.model, device=auto_device(args.device))
     if getattr(args, "threshold", None) is not None:
@@ -178,7 +178,7 @@ def run_score(args: argparse.Namespace) -> int:
 
 def _baseline(args, det):
     """The frequency baseline to report beside the model, or None (old model dirs)."""
-    from semiflow.detector.log_baselines import FrequencyBaseline
+    from semiflow.detector.logs.baselines import FrequencyBaseline
     from semiflow.training.log_train import BASELINE_FILE, baseline_for, collect_sequences
 
     if args.baseline_train:

@@ -154,7 +154,7 @@ def run_rollback(args: argparse.Namespace) -> int:
 def run_diff(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from semiflow.detector.model_compare import compare_scores
+    from semiflow.detector.lifecycle.compare import compare_scores
     from semiflow.detector.scoring import load_scorer
     from semiflow.plugin.flowstore import FlowStore
     from semiflow.training.evaluate_lab import score_store_rows
@@ -201,7 +201,7 @@ def run_reference(args: argparse.Namespace) -> int:
     import numpy as np
     import pandas as pd
 
-    from semiflow.detector.drift import DriftReference
+    from semiflow.detector.lifecycle.drift import DriftReference
     from semiflow.detector.scoring import load_scorer
     from semiflow.training.dataset import flow_matrix
     from semiflow.training.evaluate_lab import score_store_rows

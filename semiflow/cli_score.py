@@ -68,7 +68,7 @@ def score_captures(captures: list[str], model_dir: str | Path, out_dir: str | Pa
                    allowlist: str | Path | None = None, amp: str = "off",
                    compile: bool = False, gpu_path: bool = True) -> ScoreResult:
     """Extract with the model's spec, score every flow, write semiflow.log + notice.log."""
-    from semiflow.detector.flow_inference import GPU_BATCH
+    from semiflow.detector.models.flow_inference import GPU_BATCH
     from semiflow.detector.scoring import load_scorer
     from semiflow.plugin.flowstore import FlowStore
     from semiflow.plugin.zeeklog_writer import ZeekLogWriter
@@ -142,7 +142,7 @@ def _allowed(flows, allowlist) -> np.ndarray:
 
 
 def _explain_sub(scorer, store, i: int, used: int) -> str:
-    from semiflow.detector.explain import explain_flow
+    from semiflow.detector.explain.packet_level import explain_flow
     return explain_flow(scorer, store.samples[i], used, steps=16).summary()
 
 

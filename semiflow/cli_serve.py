@@ -1,7 +1,7 @@
 """`semiflow serve --zeek ws://127.0.0.1:27759 --model DIR`: the live detector for Zeek.
 
 Wiring only: plugin.zeek_ws keeps the WebSocket to Zeek, plugin.zeek_wire decodes requests,
-detector.serving batches and scores them off the event loop, plugin.metrics exposes counters.
+detector.serving.core batches and scores them off the event loop, plugin.metrics exposes counters.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 import time
 
 from semiflow.cli import UsageError
-from semiflow.detector.serving import (
+from semiflow.detector.serving.core import (
     STATUS_SHED,
     FlowResult,
     MicroBatcher,
@@ -397,7 +397,7 @@ def run(args: argparse.Namespace, scorer: Scorer | None = None) -> int:
         ssl_context = tls_context(args.tls_ca, args.tls_cert, args.tls_key,
                                   verify=not args.tls_no_verify)
     if args.scorer_addr:
-        from semiflow.detector.serving_zmq import RemoteScorer
+        from semiflow.detector.serving.zmq_scorer import RemoteScorer
         scorer = RemoteScorer(args.scorer_addr)
     elif scorer is None:
         lifecycle = _lifecycle(args)

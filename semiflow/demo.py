@@ -77,7 +77,7 @@ def print_table(table: pd.DataFrame, threshold: float, file=None) -> None:
 def top_flagged(joined: pd.DataFrame, store, scorer, n: int, file=None) -> None:
     """The highest-scoring flagged flow of each family (benign false positives included),
     then the next highest, up to n, with its label and a one-line explanation."""
-    from semiflow.detector.explain import explain_flow
+    from semiflow.detector.explain.packet_level import explain_flow
 
     file = file if file is not None else sys.stdout
     fl = joined[joined["flagged"]].sort_values("score", ascending=False)

@@ -2,7 +2,7 @@
 
 The store's CURRENT pointer is polled (every --follow-s seconds; SIGHUP checks at once): a
 promotion or rollback loads the new version in the background and swaps it in between
-micro-batches (detector/lifecycle.py). Shadow agreement and drift reports are written as
+micro-batches (detector/lifecycle/slot.py). Shadow agreement and drift reports are written as
 JSON lines (Zeek's JSON log convention) to semiflow_shadow.log and semiflow_drift.log in
 --lifecycle-dir, exported to Prometheus, and a drifted signal is sent to Zeek as
 SemiFlow::model_drift, which raises the notice SemiFlow::Model_Drift.
@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from semiflow.detector.drift import DriftReference
-from semiflow.detector.lifecycle import ModelSlot
+from semiflow.detector.lifecycle.drift import DriftReference
+from semiflow.detector.lifecycle.slot import ModelSlot
 
 log = logging.getLogger("semiflow.serve")
 

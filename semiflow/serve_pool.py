@@ -18,8 +18,8 @@ import sys
 import tempfile
 import time
 
-from semiflow.detector.serving import warm_up
-from semiflow.detector.serving_zmq import ScorerServer
+from semiflow.detector.serving.core import warm_up
+from semiflow.detector.serving.zmq_scorer import ScorerServer
 
 log = logging.getLogger("semiflow.serve")
 

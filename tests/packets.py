@@ -73,7 +73,8 @@ def write_pcapng(path, frames, linktype: int = 1) -> None:
             w.writepkt(data, ts=ts)
 
 
-# ---- tunnels and fragments (byte layouts from the RFCs; Zeek's parsers in detector/tunnel.py)
+# ---- tunnels and fragments (byte layouts from the RFCs; Zeek's parsers in
+# detector/sample/tunnel.py)
 def raw_ip4(src: str, dst: str, proto: int, payload: bytes, ident: int = 0x4242,
             frag: int = 0, ttl: int = 64) -> bytes:
     """An IPv4 header (no options, checksum 0) + payload; frag = flags/offset field."""

@@ -67,8 +67,8 @@ def tiny_model(out: Path, k: int = 4, l: int = 256, threshold: float = 0.5) -> P
     import torch
 
     from semiflow.detector.artifact import inference_modules, save_artifact
-    from semiflow.detector.semiflow_model import SemiFlowConfig
-    from semiflow.detector.spec import FlowSampleSpec
+    from semiflow.detector.models.semiflow_model import SemiFlowConfig
+    from semiflow.detector.sample.spec import FlowSampleSpec
     from semiflow.detector.threshold import Threshold
 
     torch.manual_seed(0)

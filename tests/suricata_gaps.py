@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from semiflow.detector.spec import FlowSampleSpec
+from semiflow.detector.sample.spec import FlowSampleSpec
 from semiflow.plugin import flowscan as fs
 from semiflow.plugin.capture import ZEEK_TIMEOUTS, FlowTable, ScanReport, scan_capture
 from semiflow.plugin.community_id import CommunityIds

@@ -27,9 +27,9 @@ def train_small_model(corpus_dir: Path, out: Path, k: int = 4, l: int = 256) -> 
     import torch
 
     from semiflow.detector.artifact import save_artifact
-    from semiflow.detector.semiflow import SemiFlowDetector
-    from semiflow.detector.semiflow_model import SemiFlowConfig
-    from semiflow.detector.spec import FlowSampleSpec
+    from semiflow.detector.models.semiflow import SemiFlowDetector
+    from semiflow.detector.models.semiflow_model import SemiFlowConfig
+    from semiflow.detector.sample.spec import FlowSampleSpec
     from semiflow.detector.threshold import Threshold
     from semiflow.plugin import flowscan as fs
     from semiflow.plugin.capture import FlowTable, ScanReport, scan_capture

@@ -15,10 +15,10 @@ from semiflow.detector.artifact import (
     save_artifact,
     sha256_file,
 )
+from semiflow.detector.models.semiflow import flow_nll_scores, packet_scores
+from semiflow.detector.models.semiflow_model import Classifier, Encoder, Flow, SemiFlowConfig
+from semiflow.detector.sample.spec import FlowSampleSpec
 from semiflow.detector.scoring import load_scorer
-from semiflow.detector.semiflow import flow_nll_scores, packet_scores
-from semiflow.detector.semiflow_model import Classifier, Encoder, Flow, SemiFlowConfig
-from semiflow.detector.spec import FlowSampleSpec
 from semiflow.detector.threshold import calibrate_threshold
 
 torch.set_num_threads(1)

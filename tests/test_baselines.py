@@ -7,13 +7,13 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from semiflow.detector.baselines import (
+from semiflow.detector.baselines.classic import (
     IsolationForestDetector,
     KDEDetector,
     load_detector,
     save_detector,
 )
-from semiflow.detector.baselines_deep import AutoencoderDetector, GANomaly1dDetector
+from semiflow.detector.baselines.deep import AutoencoderDetector, GANomaly1dDetector
 from semiflow.detector.registry import DETECTORS, detector_class, make_detector, parse_names
 
 torch.set_num_threads(1)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from packets import ether, ip4, ip6, null, sll, sll2, tcp, udp, write_pcap, write_pcapng
 
-from semiflow.detector.spec import FlowSampleSpec, build_flow_sample
+from semiflow.detector.sample.spec import FlowSampleSpec, build_flow_sample
 from semiflow.plugin.capture import FlowTable, ScanReport, scan_capture
 from semiflow.plugin.flowstore import FlowStore
 from semiflow.training.extract import StrictError, extract

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from lab.flowtable import reference_flows  # benchmarks/ is on pytest's pythonpath
 
-from semiflow.detector import frame as fr
-from semiflow.detector.spec import FlowSampleSpec
+from semiflow.detector.sample import frame as fr
+from semiflow.detector.sample.spec import FlowSampleSpec
 from semiflow.plugin.flowstore import FlowStore
 from semiflow.training.extract import extract
 from semiflow.training.labels import Manifest

@@ -18,9 +18,9 @@ torch.set_num_threads(1)
 
 def _small_model(tmp_path):
     from semiflow.detector.artifact import save_flow_artifact
-    from semiflow.detector.semiflow_flowlevel import FlowSemiFlowDetector
-    from semiflow.detector.semiflow_flownet import FlowNetConfig
-    from semiflow.detector.spec import FlowSampleSpec
+    from semiflow.detector.models.semiflow_flowlevel import FlowSemiFlowDetector
+    from semiflow.detector.models.semiflow_flownet import FlowNetConfig
+    from semiflow.detector.sample.spec import FlowSampleSpec
     from semiflow.detector.threshold import calibrate_threshold
     from semiflow.plugin.flowstore import FlowStore
     from semiflow.training.extract import extract

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from semiflow.cli import main
-from semiflow.detector.drift import DriftMonitor, DriftReference, psi
+from semiflow.detector.lifecycle.drift import DriftMonitor, DriftReference, psi
 from semiflow.detector.scoring import load_scorer
 from semiflow.plugin.flowstore import FlowStore
 from semiflow.training.evaluate_lab import score_store_rows

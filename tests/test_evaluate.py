@@ -136,7 +136,7 @@ def test_unknown_benchmark(manifest_flows):
 @pytest.fixture(scope="module")
 def tiny_extract(corpus_dir, tmp_path_factory):
     """A slice of nDPI: small normal application captures plus a few VPN captures."""
-    from semiflow.detector.spec import FlowSampleSpec
+    from semiflow.detector.sample.spec import FlowSampleSpec
     from semiflow.training.extract import extract
     from semiflow.training.labels import Manifest
     m = pd.read_csv(corpus_dir / "manifest.csv", dtype=str, keep_default_na=False)
@@ -195,9 +195,9 @@ def test_evaluate_model_as_is(tiny_extract, tmp_path):
     """--model: a saved artifact (its own threshold) and a joblib baseline, no refitting."""
     from semiflow.cli import main
     from semiflow.detector.artifact import inference_modules, save_artifact
-    from semiflow.detector.baselines import IsolationForestDetector, save_detector
-    from semiflow.detector.semiflow_model import SemiFlowConfig
-    from semiflow.detector.spec import FlowSampleSpec
+    from semiflow.detector.baselines.classic import IsolationForestDetector, save_detector
+    from semiflow.detector.models.semiflow_model import SemiFlowConfig
+    from semiflow.detector.sample.spec import FlowSampleSpec
     from semiflow.detector.threshold import Threshold
     from semiflow.plugin.flowstore import FlowStore
     spec = FlowStore.open(tiny_extract).spec
@@ -254,7 +254,7 @@ def lab_extract(tmp_path_factory):
     """The bundled lab sample, labelled per flow by its conn.log (benign and 8 attacks)."""
     from pathlib import Path
 
-    from semiflow.detector.spec import FlowSampleSpec
+    from semiflow.detector.sample.spec import FlowSampleSpec
     from semiflow.training.extract import extract
     from semiflow.training.labels import ConnLogLabels
     data = Path(__file__).resolve().parent.parent / "semiflow" / "data" / "lab-sample"

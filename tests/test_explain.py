@@ -10,18 +10,18 @@ import torch
 
 from semiflow.cli import main as cli_main
 from semiflow.detector.artifact import save_artifact
-from semiflow.detector.explain import (
+from semiflow.detector.explain.packet_level import (
     attribute,
     explain_flow,
     mask_bytes,
     nearest_normal,
     plot_explanation,
 )
-from semiflow.detector.fields import field_map, field_of, offset_names, row_layout
+from semiflow.detector.models.semiflow import SemiFlowDetector
+from semiflow.detector.models.semiflow_model import SemiFlowConfig
+from semiflow.detector.sample.fields import field_map, field_of, offset_names, row_layout
+from semiflow.detector.sample.spec import FlowSampleSpec
 from semiflow.detector.scoring import load_scorer
-from semiflow.detector.semiflow import SemiFlowDetector
-from semiflow.detector.semiflow_model import SemiFlowConfig
-from semiflow.detector.spec import FlowSampleSpec
 from semiflow.detector.threshold import Threshold
 from semiflow.plugin.flowstore import FlowStore
 from semiflow.plugin.zeeklog import read_zeek_log

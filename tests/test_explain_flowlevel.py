@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from semiflow.detector.artifact import save_flow_artifact
-from semiflow.detector.explain import explain_flow, plot_explanation
-from semiflow.detector.explain_flowlevel import FlowLevelExplanation
+from semiflow.detector.explain.flow_level import FlowLevelExplanation
+from semiflow.detector.explain.packet_level import explain_flow, plot_explanation
+from semiflow.detector.models.semiflow_flowlevel import FlowSemiFlowDetector
+from semiflow.detector.models.semiflow_flownet import FlowNetConfig
+from semiflow.detector.sample.spec import FlowSampleSpec
 from semiflow.detector.scoring import load_scorer
-from semiflow.detector.semiflow_flowlevel import FlowSemiFlowDetector
-from semiflow.detector.semiflow_flownet import FlowNetConfig
-from semiflow.detector.spec import FlowSampleSpec
 from semiflow.detector.threshold import calibrate_threshold
 
 torch.set_num_threads(1)

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from semiflow.cli import main as cli_main
-from semiflow.detector.spec import FlowSampleSpec
+from semiflow.detector.sample.spec import FlowSampleSpec
 from semiflow.plugin.allowlist import (
     ZEEK_TYPES,
     AllowlistReport,

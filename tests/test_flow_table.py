@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from shard_memory import build_store
 
-from semiflow.detector.semiflow_flownet import service_keys
+from semiflow.detector.models.semiflow_flownet import service_keys
 from semiflow.plugin.flowstore import FlowStore
 from semiflow.training.dataset import (
     budget_flows,

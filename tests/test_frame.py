@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from packets import ether, ip4, ip6, null, sll, sll2, tcp, udp
 
-from semiflow.detector import frame as fr
-from semiflow.detector.spec import FlowSampleSpec, build_flow_sample, parse_frame, sample_row
+from semiflow.detector.sample import frame as fr
+from semiflow.detector.sample.spec import FlowSampleSpec, build_flow_sample, parse_frame, sample_row
 
 SPEC = FlowSampleSpec(k=4, l=256, selection="payload")
 

@@ -33,7 +33,7 @@ def _corrupt_gzip(tmp_path: Path) -> Path:
 
 
 def test_corrupt_gzip_capture_is_a_counted_bad_file(tmp_path):
-    from semiflow.detector.spec import FlowSampleSpec
+    from semiflow.detector.sample.spec import FlowSampleSpec
     from semiflow.training.extract import extract
 
     p = _corrupt_gzip(tmp_path)

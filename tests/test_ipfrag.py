@@ -20,8 +20,8 @@ from packets import (
     write_pcap,
 )
 
-from semiflow.detector import frame as fr
-from semiflow.detector.spec import FlowSampleSpec, build_flow_samples
+from semiflow.detector.sample import frame as fr
+from semiflow.detector.sample.spec import FlowSampleSpec, build_flow_samples
 from semiflow.plugin import ipfrag as ipf
 from semiflow.plugin.flowstore import FlowStore
 from semiflow.plugin.zeek_decode import decode_flow_requests

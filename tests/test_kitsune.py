@@ -9,8 +9,8 @@ import dpkt
 import numpy as np
 import pytest
 
-from semiflow.detector.kitsune import KitNET, Kitsune, feature_map
-from semiflow.detector.kitsune_features import LAMBDAS, afterimage_features, feature_names
+from semiflow.detector.baselines.kitsune import KitNET, Kitsune, feature_map
+from semiflow.detector.baselines.kitsune_features import LAMBDAS, afterimage_features, feature_names
 from semiflow.plugin.packet_meta import map_packets_to_flows, read_packet_meta
 from tests.packets import MAC_A, MAC_B, ether, ip4, tcp, udp, write_pcap
 

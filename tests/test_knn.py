@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from semiflow.detector.baselines_knn import KNNDetector, flow_vectors
+from semiflow.detector.baselines.knn import KNNDetector, flow_vectors
 from semiflow.detector.registry import FLOW_DETECTORS, detector_class, make_detector, parse_names
 
 
@@ -73,7 +73,7 @@ def test_registry_and_errors():
 
 def test_evaluate_split_runs_flow_level_detector(tmp_path):
     """evaluate_split hands knn flow samples; flows without a selected packet stay unscored."""
-    from semiflow.detector.spec import FlowSampleSpec
+    from semiflow.detector.sample.spec import FlowSampleSpec
     from semiflow.training.evaluate import Split, load_flow_data
     from semiflow.training.evaluate_run import evaluate_split, flow_samples
     from semiflow.training.extract import extract

@@ -19,7 +19,7 @@ import pytest
 from lab.services import ATTACKERS
 from lab.topology import leftover_namespaces
 
-from semiflow.detector.spec import FlowSampleSpec
+from semiflow.detector.sample.spec import FlowSampleSpec
 from semiflow.plugin.zeeklog import read_zeek_log
 from semiflow.training.extract import extract
 from semiflow.training.labels import ConnLogLabels

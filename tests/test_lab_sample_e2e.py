@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from semiflow.cli import main as cli_main
+from semiflow.detector.models.semiflow_inference import auroc
 from semiflow.detector.scoring import load_scorer
-from semiflow.detector.semiflow_inference import auroc
 from semiflow.plugin.flowstore import FlowStore
 
 SAMPLE = Path(str(resources.files("semiflow") / "data" / "lab-sample"))
@@ -41,7 +41,7 @@ def test_trained_on_benign_flows_with_the_default_level(sample_run):
     prov = json.loads((sample_run / "model" / "provenance.json").read_text())
     assert prov["split"] == "auto" and prov["parts"]["train"]["flows"] >= 600
     assert prov["parts"]["train"]["ts_max"] <= prov["parts"]["val"]["ts_min"]
-    # the drift reference (detector/drift.py) from the held-out benign flows
+    # the drift reference (detector/lifecycle/drift.py) from the held-out benign flows
     ref = json.loads((sample_run / "model" / "reference.json").read_text())
     assert ref["flows"] == prov["parts"]["val"]["flows"] + prov["parts"]["calib"]["flows"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 from packets import ether, ip4, udp, write_pcap
 
-from semiflow.detector.spec import FlowSampleSpec
+from semiflow.detector.sample.spec import FlowSampleSpec
 from semiflow.plugin.flowstore import FlowStore
 from semiflow.plugin.zeeklog import ZeekLogReport, read_zeek_log
 from semiflow.training.extract import extract

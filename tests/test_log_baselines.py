@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from semiflow.cli import main
-from semiflow.detector.log_baselines import FrequencyBaseline
-from semiflow.detector.log_threshold import calibrate_threshold, chain_scores
-from semiflow.detector.log_tokens import dyad_hour_frame, normalize_conn, tokenize
+from semiflow.detector.logs.baselines import FrequencyBaseline
+from semiflow.detector.logs.threshold import calibrate_threshold, chain_scores
+from semiflow.detector.logs.tokens import dyad_hour_frame, normalize_conn, tokenize
 from semiflow.training.log_train import collect_sequences
 
 COMMON = [(443, "tcp"), (53, "udp"), (80, "tcp")]
@@ -95,8 +95,8 @@ def test_upper_bound_threshold_holds_where_the_quantile_overshoots():
 
 
 def test_time_split_holds_out_a_bucket_even_when_there_are_few():
-    from semiflow.detector.log_detector import split_holdout
-    from semiflow.detector.log_tokens import group_bounds
+    from semiflow.detector.logs.detector import split_holdout
+    from semiflow.detector.logs.tokens import group_bounds
 
     for n_hours, held_hours in ((2, 1), (4, 1), (5, 1), (10, 2), (24, 4)):
         seq = dyad_hour_frame(normalize_conn(_conn(range(n_hours))), "port")

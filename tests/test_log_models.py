@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from semiflow.detector.log_detector import LogLMDetector
-from semiflow.detector.log_models import SinusoidalPositions, TransformerBackbone
+from semiflow.detector.logs.detector import LogLMDetector
+from semiflow.detector.logs.models import SinusoidalPositions, TransformerBackbone
 
 torch.set_num_threads(1)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from semiflow.detector.log_tokens import (
+from semiflow.detector.logs.tokens import (
     BOS,
     PAD,
     UNK,

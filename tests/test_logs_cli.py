@@ -109,7 +109,7 @@ def test_train_messages_threads_and_base_rate(sliced, tmp_path, capsys):
 def test_train_with_the_fpr_counted_in_flows(sliced, tmp_path, capsys):
     """--fpr-unit flow: the windows above the threshold hold <= target of the held-out flows,
     and the model remembers the unit; with `upper` it is one clear error line."""
-    from semiflow.detector.log_detector import LogLMDetector
+    from semiflow.detector.logs.detector import LogLMDetector
 
     train, _ = sliced
     model = tmp_path / "m"

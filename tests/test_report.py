@@ -20,9 +20,9 @@ from serve_helpers import free_port
 
 from semiflow.cli import main as cli_main
 from semiflow.detector.artifact import save_artifact
-from semiflow.detector.semiflow import SemiFlowDetector
-from semiflow.detector.semiflow_model import SemiFlowConfig
-from semiflow.detector.spec import FlowSampleSpec
+from semiflow.detector.models.semiflow import SemiFlowDetector
+from semiflow.detector.models.semiflow_model import SemiFlowConfig
+from semiflow.detector.sample.spec import FlowSampleSpec
 from semiflow.detector.threshold import Threshold
 from semiflow.plugin.allowlist import read_allowlist
 from semiflow.plugin.flowstore import FlowStore

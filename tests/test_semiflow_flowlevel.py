@@ -9,16 +9,16 @@ import pytest
 import torch
 
 from semiflow.detector.artifact import META_FILE, load_artifact, save_flow_artifact
-from semiflow.detector.scoring import load_scorer
-from semiflow.detector.semiflow_flowlevel import FlowSemiFlowDetector
-from semiflow.detector.semiflow_flownet import (
+from semiflow.detector.models.semiflow_flowlevel import FlowSemiFlowDetector
+from semiflow.detector.models.semiflow_flownet import (
     FlowNetConfig,
     learn_services,
     packet_meta,
     service_index,
     service_keys,
 )
-from semiflow.detector.spec import FlowSampleSpec
+from semiflow.detector.sample.spec import FlowSampleSpec
+from semiflow.detector.scoring import load_scorer
 from semiflow.detector.threshold import calibrate_threshold
 
 torch.set_num_threads(1)

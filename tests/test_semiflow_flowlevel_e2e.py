@@ -9,9 +9,9 @@ import torch
 
 from semiflow.cli import main as cli_main
 from semiflow.detector.artifact import save_flow_artifact
-from semiflow.detector.semiflow_flowlevel import FlowSemiFlowDetector
-from semiflow.detector.semiflow_flownet import FlowNetConfig
-from semiflow.detector.spec import FlowSampleSpec
+from semiflow.detector.models.semiflow_flowlevel import FlowSemiFlowDetector
+from semiflow.detector.models.semiflow_flownet import FlowNetConfig
+from semiflow.detector.sample.spec import FlowSampleSpec
 from semiflow.detector.threshold import calibrate_threshold
 from semiflow.plugin.flowstore import FlowStore
 from semiflow.plugin.zeeklog import read_zeek_log

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from semiflow.detector.semiflow import SemiFlowDetector
-from semiflow.detector.semiflow_model import (
+from semiflow.detector.models.semiflow import SemiFlowDetector
+from semiflow.detector.models.semiflow_model import (
     Classifier,
     CouplingBlock,
     Decoder,
@@ -17,7 +17,7 @@ from semiflow.detector.semiflow_model import (
     SemiFlowConfig,
     count_parameters,
 )
-from semiflow.detector.semiflow_nll import SemiFlowNLLDetector
+from semiflow.detector.models.semiflow_nll import SemiFlowNLLDetector
 
 torch.set_num_threads(1)
 

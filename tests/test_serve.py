@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from semiflow.detector.spec import FlowSampleSpec, build_flow_sample
+from semiflow.detector.sample.spec import FlowSampleSpec, build_flow_sample
 from semiflow.plugin import zeek_wire as zw
 from semiflow.plugin.zeek_selection import ZeekSideConfig, capture_to_events
 
@@ -107,7 +107,7 @@ def test_live_bytes_equal_offline_extract(events, tmp_path):
     from zeek_double import zeek_json
 
     from semiflow.cli_serve import decode_requests
-    from semiflow.detector.spec import build_flow_samples
+    from semiflow.detector.sample.spec import build_flow_samples
 
     files, evs = events
     store = _offline(files, tmp_path / "offline")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from semiflow.detector.spec import FlowSampleSpec, build_flow_samples
+from semiflow.detector.sample.spec import FlowSampleSpec, build_flow_samples
 from semiflow.plugin import zeek_wire as zw
 from semiflow.plugin.zeek_batch import (
     BatchReply,

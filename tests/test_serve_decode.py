@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from semiflow.detector import frame as fr
-from semiflow.detector.spec import (
+from semiflow.detector.sample import frame as fr
+from semiflow.detector.sample.spec import (
     STATUS_CODES,
     FlowSampleSpec,
     build_flow_sample,
@@ -174,7 +174,7 @@ def test_shard_specs():
 def test_zmq_scorer_merges_batches_and_answers_each(tmp_path):
     import zmq
 
-    from semiflow.detector.serving_zmq import RemoteScorer, ScorerServer
+    from semiflow.detector.serving.zmq_scorer import RemoteScorer, ScorerServer
 
     local = TrivialScorer(SPEC)
     server = ScorerServer(local, f"ipc://{tmp_path}/s")
@@ -222,7 +222,7 @@ def test_zmq_scorer_merges_batches_and_answers_each(tmp_path):
 
 def test_allowlisted_flows_are_answered_without_scoring(requests, tmp_path):
     from semiflow.cli_serve import _allow_hook
-    from semiflow.detector.serving import STATUS_ALLOWLISTED, MicroBatcher
+    from semiflow.detector.serving.core import STATUS_ALLOWLISTED, MicroBatcher
     from semiflow.plugin.allowlist import AllowRule, add_rules
 
     texts = [zeek_json(e.message()) for e in requests[:40]]
@@ -256,7 +256,7 @@ def test_warm_up_messages_exercise_the_live_decode_path():
     """What a detector decodes before it connects (numba kernels loaded at start, not on the
     first real batches): valid Zeek messages, every flow built into a sample, both the
     flow_batch and the flow_request paths; the warm-up is neither scored nor counted."""
-    from semiflow.detector.serving import MicroBatcher
+    from semiflow.detector.serving.core import MicroBatcher
 
     texts = warm_up_messages(SPEC.k, SPEC.l + 64)
     batch = decode_flow_requests(texts)

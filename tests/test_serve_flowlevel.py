@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from semiflow.detector.spec import SELECT_ALL, FlowSampleSpec
+from semiflow.detector.sample.spec import SELECT_ALL, FlowSampleSpec
 from semiflow.plugin import zeek_wire as zw
 from semiflow.plugin.zeek_selection import ZeekSideConfig, capture_to_events
 
@@ -39,8 +39,8 @@ def flow_model(tmp_path_factory):
     import torch
 
     from semiflow.detector.artifact import save_flow_artifact
-    from semiflow.detector.semiflow_flowlevel import FlowSemiFlowDetector
-    from semiflow.detector.semiflow_flownet import FlowNetConfig
+    from semiflow.detector.models.semiflow_flowlevel import FlowSemiFlowDetector
+    from semiflow.detector.models.semiflow_flownet import FlowNetConfig
     from semiflow.detector.threshold import calibrate_threshold
     from semiflow.plugin.flowstore import FlowStore
     from semiflow.training.extract import extract

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from semiflow.detector.serving import Histogram, MicroBatcher
-from semiflow.detector.spec import FlowSampleSpec
+from semiflow.detector.sample.spec import FlowSampleSpec
+from semiflow.detector.serving.core import Histogram, MicroBatcher
 from semiflow.plugin.zeek_decode import decode_flow_requests
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -114,7 +114,7 @@ def test_a_failed_batch_in_flight_answers_its_flows_with_error(texts):
 
 
 def test_remote_scorer_pipelines_batches_through_the_overlapping_server(tmp_path):
-    from semiflow.detector.serving_zmq import RemoteScorer, ScorerServer
+    from semiflow.detector.serving.zmq_scorer import RemoteScorer, ScorerServer
 
     local = TrivialScorer(SPEC)
     for overlap in (True, False):
@@ -221,8 +221,8 @@ def test_verdict_batch_text_written_as_text_equals_the_message():
 def test_flow_level_scoring_zeroes_unselected_slots_and_keeps_the_input():
     """score_flow_samples zeroes only the slots past n_selected (was a full np.where pass)
     and leaves the caller's array as it was."""
+    from semiflow.detector.models.semiflow_flowartifact import score_flow_samples
     from semiflow.detector.scoring import load_scorer
-    from semiflow.detector.semiflow_flowartifact import score_flow_samples
 
     model = Path(__file__).resolve().parent.parent / "semiflow" / "data" / "model"
     det = load_scorer(model, device="cpu").flow_detector

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from semiflow.detector.spec import FlowSampleSpec
+from semiflow.detector.sample.spec import FlowSampleSpec
 from semiflow.plugin.capture import FlowTable, ScanReport, scan_capture
 from semiflow.plugin.community_id import CommunityIds
 from semiflow.plugin.flowstore import batch_to_frame

@@ -16,10 +16,10 @@ import torch.multiprocessing as tmp
 from serve_helpers import free_port
 from shard_memory import build_store
 
-from semiflow.detector.flow_inference import bucket
-from semiflow.detector.semiflow_flowlevel import FlowSemiFlowDetector
-from semiflow.detector.semiflow_flownet import FlowNetConfig, GroupedBatchNorm1d
-from semiflow.detector.train_loop import (
+from semiflow.detector.models.flow_inference import bucket
+from semiflow.detector.models.semiflow_flowlevel import FlowSemiFlowDetector
+from semiflow.detector.models.semiflow_flownet import FlowNetConfig, GroupedBatchNorm1d
+from semiflow.detector.models.train_loop import (
     MAX_LR_FACTOR,
     DistContext,
     FitOptions,
@@ -180,7 +180,7 @@ def test_semiflow_train_ddp_under_torchrun_writes_rank_0s_artifact(tmp_path, sto
 
 def test_lr_option_sets_the_peak_rate(tmp_path, store, monkeypatch):
     """`semiflow train --lr` reaches the optimiser of every stage instead of the scaled rate."""
-    import semiflow.detector.semiflow_flowlevel as fl
+    import semiflow.detector.models.semiflow_flowlevel as fl
 
     rates = []
     real = fl.adam

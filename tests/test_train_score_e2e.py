@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from semiflow.cli import main as cli_main
+from semiflow.detector.sample.spec import FlowSampleSpec
 from semiflow.detector.scoring import load_scorer
-from semiflow.detector.spec import FlowSampleSpec
 from semiflow.plugin.flowstore import FlowStore
 from semiflow.plugin.zeeklog import read_zeek_log
 from semiflow.plugin.zeeklog_writer import ZeekLogWriter

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from semiflow.cli import main as cli_main
-from semiflow.detector.spec import FlowSampleSpec
+from semiflow.detector.sample.spec import FlowSampleSpec
 from semiflow.training.dataset import budget_flows, split_by_time
 from semiflow.training.extract import extract
 from semiflow.training.labels import Manifest

@@ -24,8 +24,8 @@ from packets import (
     write_pcap,
 )
 
-from semiflow.detector import frame as fr
-from semiflow.detector.spec import FlowSampleSpec, build_flow_samples
+from semiflow.detector.sample import frame as fr
+from semiflow.detector.sample.spec import FlowSampleSpec, build_flow_samples
 from semiflow.plugin.flowstore import FlowStore
 from semiflow.plugin.zeek_decode import decode_flow_requests
 from semiflow.plugin.zeek_selection import ZeekSideConfig, capture_to_events
@@ -226,7 +226,7 @@ def test_live_path_builds_the_same_bytes_for_tunnelled_flows(tmp_path):
 def test_only_flows_that_may_tunnel_are_keyed(tmp_path, monkeypatch):
     """The live path keys (conn_keys, a Python loop) only the flows flows_may_tunnel marks;
     keying every flow builds the same samples."""
-    from semiflow.detector import tunnel
+    from semiflow.detector.sample import tunnel
     pkts = []
     for n, name in enumerate(sorted(TUNNELS)):
         v6, wrap, _ = TUNNELS[name]
@@ -248,7 +248,7 @@ def test_only_flows_that_may_tunnel_are_keyed(tmp_path, monkeypatch):
 
 
 def test_unreadable_conn_ids_fall_back_to_the_outer_level():
-    from semiflow.detector.tunnel import conn_keys
+    from semiflow.detector.sample.tunnel import conn_keys
     k = conn_keys([None, ("1.2.3.4", "99999999999999999999999/tcp", "5.6.7.8", "80/tcp"),
                    ("x", "1/tcp", "5.6.7.8", "80/tcp"), ("1.2.3.4", "70000/udp", B, "1/udp"),
                    (A6, "1/icmp", B6, "0/icmp")])

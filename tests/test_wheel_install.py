@@ -64,7 +64,7 @@ def wheel_venv(tmp_path_factory) -> Path:
 
 def test_wheel_holds_the_mapped_subpackages(wheel_venv, tmp_path):
     out = _run([str(wheel_venv / "bin" / "python"), "-c",
-                "import semiflow.detector.spec, semiflow.plugin.zeeklog, "
+                "import semiflow.detector.sample.spec, semiflow.plugin.zeeklog, "
                 "semiflow.training.report, semiflow; print(semiflow.__file__)"], tmp_path)
     assert str(wheel_venv) in out  # the installed copy, not the checkout
 

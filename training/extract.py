@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from semiflow.detector.spec import FlowSampleSpec
+from semiflow.detector.sample.spec import FlowSampleSpec
 from semiflow.plugin.capture import (
     GZIP_MAGIC,
     PCAP_MAGICS,

@@ -20,8 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from semiflow.detector.semiflow_flownet import service_keys
-from semiflow.detector.train_loop import numpy_rng, rank_share
+from semiflow.detector.models.semiflow_flownet import service_keys
+from semiflow.detector.models.train_loop import numpy_rng, rank_share
 from semiflow.plugin.flowstore import FlowStore
 
 from .dataset import flow_matrix

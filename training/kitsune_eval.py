@@ -1,7 +1,8 @@
 """Kitsune on captures: train on benign capture(s), score a test capture, per-flow scores.
 
-Kitsune scores every PACKET of a capture in order (detector.kitsune), so it cannot run on the
-flow store's selected payload packets; this is its entry point instead of `semiflow evaluate`.
+Kitsune scores every PACKET of a capture in order (detector.baselines.kitsune), so it cannot run
+on the flow store's selected payload packets; this is its entry point instead of `semiflow
+evaluate`.
 Packets are mapped onto the test capture's flow table (flows.parquet of `semiflow extract`) by
 5-tuple and time (plugin.packet_meta), and a flow's score is the max of its packets' scores
 (the mean is recorded too). Every flow with a packet is scored, payload or not.
@@ -24,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from semiflow.detector.aggregate import aggregate_flow_scores
-from semiflow.detector.kitsune import Kitsune
+from semiflow.detector.baselines.kitsune import Kitsune
 from semiflow.plugin.packet_meta import map_packets_to_flows, read_packet_meta
 
 
@@ -87,7 +88,7 @@ def flow_table(capture: str | os.PathLike, flows_dir: str | os.PathLike | None =
     from semiflow.plugin.flowstore import FlowStore
     if flows_dir:
         return FlowStore.open(flows_dir).flows
-    from semiflow.detector.spec import FlowSampleSpec
+    from semiflow.detector.sample.spec import FlowSampleSpec
     from semiflow.training.extract import extract
     from semiflow.training.labels import Manifest
     with tempfile.TemporaryDirectory(prefix="semiflow-kitsune-") as d:

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from semiflow.detector.log_baselines import FrequencyBaseline
-from semiflow.detector.log_detector import LogLMDetector, split_holdout
-from semiflow.detector.log_tokens import dyad_hour_frame, group_bounds, normalize_conn
+from semiflow.detector.logs.baselines import FrequencyBaseline
+from semiflow.detector.logs.detector import LogLMDetector, split_holdout
+from semiflow.detector.logs.tokens import dyad_hour_frame, group_bounds, normalize_conn
 from semiflow.plugin.zeeklog import ZeekLogReport, iter_zeek_log
 
 BASELINE_FILE = "baseline.json"  # the frequency baseline saved beside a trained LM

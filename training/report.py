@@ -359,7 +359,7 @@ def explain_section(uids: list[str], model_dir, extract_dirs: list, captures: li
     `semiflow score`). Returns (html, uids explained)."""
     import tempfile
 
-    from semiflow.detector.explain import explain_flow, plot_explanation
+    from semiflow.detector.explain.packet_level import explain_flow, plot_explanation
     from semiflow.detector.scoring import load_scorer
     from semiflow.plugin.flowstore import FlowStore
 

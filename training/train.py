@@ -27,11 +27,11 @@ import pandas as pd
 
 from semiflow.detector.aggregate import aggregate_flow_scores
 from semiflow.detector.artifact import save_artifact, sha256_file
-from semiflow.detector.semiflow import SemiFlowDetector
-from semiflow.detector.semiflow_inference import auroc as _auroc
-from semiflow.detector.semiflow_model import SemiFlowConfig
+from semiflow.detector.models.semiflow import SemiFlowDetector
+from semiflow.detector.models.semiflow_inference import auroc as _auroc
+from semiflow.detector.models.semiflow_model import SemiFlowConfig
+from semiflow.detector.models.train_loop import DistContext, FitOptions
 from semiflow.detector.threshold import DEFAULT_TARGET_FPR, calibrate_threshold, rates_at
-from semiflow.detector.train_loop import DistContext, FitOptions
 from semiflow.plugin.flowstore import FlowStore
 
 from .dataset import (

@@ -17,12 +17,12 @@ import numpy as np
 import pandas as pd
 
 from semiflow.detector.artifact import save_flow_artifact
-from semiflow.detector.drift import DriftReference
-from semiflow.detector.semiflow_flowlevel import FlowSemiFlowDetector
-from semiflow.detector.semiflow_flownet import FlowNetConfig
-from semiflow.detector.semiflow_inference import auroc as _auroc
+from semiflow.detector.lifecycle.drift import DriftReference
+from semiflow.detector.models.semiflow_flowlevel import FlowSemiFlowDetector
+from semiflow.detector.models.semiflow_flownet import FlowNetConfig
+from semiflow.detector.models.semiflow_inference import auroc as _auroc
+from semiflow.detector.models.train_loop import DistContext, FitOptions
 from semiflow.detector.threshold import calibrate_threshold, rates_at
-from semiflow.detector.train_loop import DistContext, FitOptions
 from semiflow.plugin.flowstore import FlowStore
 
 from .dataset import flow_matrix

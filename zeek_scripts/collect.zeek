@@ -100,7 +100,7 @@ function log_local(c: connection, status: string, detail: string)
 	                               $status=status, $detail=detail));
 	}
 
-# Transport payload length as detector/frame.py computes it (IP length fields minus
+# Transport payload length as detector/sample/frame.py computes it (IP length fields minus
 # the transport header). Zeek's tcp_hdr$dl is exactly that for TCP
 # (src/IP.cc@v8.1.0:380-394).
 function payload_len(p: pkt_hdr): count
@@ -135,7 +135,7 @@ function is_fragment(p: pkt_hdr): bool
 
 # A tunnelled connection's frame is the packet as captured, outer layers included
 # (get_current_packet, src/zeek.bif@v8.2.2:4394-4396); the detector strips them down
-# to the IP header that carries c$id (detector/tunnel.py). If the OUTER datagram was
+# to the IP header that carries c$id (detector/sample/tunnel.py). If the OUTER datagram was
 # reassembled, the frame is its last piece only: get_current_packet_header() gives the
 # outer header, with MF=T when reassembled (zeek.bif@v8.2.2:4423-4430; the packet's
 # own ip_hdr, src/iosource/Packet.cc@v8.2.2 ToRawPktHdrVal). raw_pkt_hdr:

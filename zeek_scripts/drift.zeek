@@ -8,7 +8,7 @@ module SemiFlow;
 export {
 	redef enum Notice::Type += {
 		## The live traffic no longer looks like the served model's training data
-		## (semiflow serve's drift monitor, detector/drift.py): retrain or review.
+		## (semiflow serve's drift monitor, detector/lifecycle/drift.py): retrain or review.
 		Model_Drift
 	};
 

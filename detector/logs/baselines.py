@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .log_detector import COLUMNS, dyad_hour_scores, select_groups, split_holdout
-from .log_threshold import apply_calibration
-from .log_tokens import TOKENIZERS, dyad_hour_frame, group_bounds, normalize_conn
+from semiflow.detector.logs.detector import COLUMNS, dyad_hour_scores, select_groups, split_holdout
+from semiflow.detector.logs.threshold import apply_calibration
+from semiflow.detector.logs.tokens import TOKENIZERS, dyad_hour_frame, group_bounds, normalize_conn
 
 FORMAT = "semiflow-log-freq/1"
 _PARAMS = ("tokenizer", "alpha", "backoff", "target_fpr", "calib_fraction", "split", "top_k",

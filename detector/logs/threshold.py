@@ -81,7 +81,7 @@ def chain_scores(seq: pd.DataFrame, fit_calib: Callable[[pd.DataFrame, np.ndarra
     fit_calib(sub_seq, holdout) fits a fresh detector on sub_seq with `holdout` (per dyad-hour)
     as its calibration set and returns the held-out normal scores.
     """
-    from .log_tokens import group_bounds
+    from semiflow.detector.logs.tokens import group_bounds
 
     bounds = group_bounds(seq)
     hours = seq["hour"].to_numpy()[bounds[:-1]]

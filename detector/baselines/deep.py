@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .baselines import BaseDetector, as_float, subsample
-from .semiflow_model import Decoder, Discriminator, Encoder, SemiFlowConfig
+from semiflow.detector.baselines.classic import BaseDetector, as_float, subsample
+from semiflow.detector.models.semiflow_model import Decoder, Discriminator, Encoder, SemiFlowConfig
 
 
 def _device(name: str) -> torch.device:

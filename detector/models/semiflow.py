@@ -19,16 +19,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .semiflow_inference import (  # noqa: F401 - packet_scores, resolve_device re-exported
+from semiflow.detector.models.semiflow_inference import (  # noqa: F401 - packet_scores, resolve_device re-exported
     as_float,
     flow_nll_scores,
     packet_scores,
     probability,
     resolve_device,
 )
-from .semiflow_inference import auroc as _auroc
-from .semiflow_inference import check_rows as _check_rows
-from .semiflow_model import (
+from semiflow.detector.models.semiflow_inference import auroc as _auroc
+from semiflow.detector.models.semiflow_inference import check_rows as _check_rows
+from semiflow.detector.models.semiflow_model import (
     Classifier,
     Decoder,
     Discriminator,
@@ -36,7 +36,7 @@ from .semiflow_model import (
     Flow,
     SemiFlowConfig,
 )
-from .train_loop import autocast, seed_for
+from semiflow.detector.models.train_loop import autocast, seed_for
 
 STAGES = ("reconstruction", "flow", "classifier")
 # What anomaly_score returns: the method's classifier log-odds, or the flow's NLL per

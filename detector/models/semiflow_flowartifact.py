@@ -15,9 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .semiflow_flowlevel import FLOW_SCORES, FlowSemiFlowDetector
-from .semiflow_flownet import FlowDecoder, FlowEncoder, FlowNetConfig, LatentFlow
-from .spec import FlowSampleSpec
+from semiflow.detector.models.semiflow_flowlevel import FLOW_SCORES, FlowSemiFlowDetector
+from semiflow.detector.models.semiflow_flownet import (
+    FlowDecoder,
+    FlowEncoder,
+    FlowNetConfig,
+    LatentFlow,
+)
+from semiflow.detector.sample.spec import FlowSampleSpec
 
 FLOW_FORMAT_VERSION = 2
 ARTIFACT_SCORES = tuple(s for s in FLOW_SCORES if s != "classifier")
@@ -61,7 +66,9 @@ def detector_from_tensors(cfg: FlowNetConfig, score: str, stats: dict,
     det = FlowSemiFlowDetector(cfg, score=score, device=str(device))
     det.config_, det.device_ = cfg, torch.device(device)
     mods = flow_modules(cfg)
-    from .artifact import _load_into  # lazy: artifact.py imports this module lazily too
+    from semiflow.detector.artifact import (
+        _load_into,  # lazy: artifact.py imports this module lazily too
+    )
     for prefix, mod in mods.items():
         _load_into(mod, tensors, prefix, Path(wname))
         mod.to(det.device_).eval()

@@ -1,6 +1,6 @@
 """Names for the bytes of a sample row: which header field sits at which fixed offset.
 
-The flow-sample spec (docs/flow-sample-spec.md, detector/frame.py) puts every field at the
+The flow-sample spec (docs/flow-sample-spec.md, detector/sample/frame.py) puts every field at the
 same offset in every row: the IP header in [0, 60), the transport header in [60, 120), the
 payload from 120. This module turns an offset back into a name ("ipv4.ttl", "tcp.flags",
 "payload[+17]") so explanations can say which field drove a score. The layout of a row is
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .frame import IP_REGION, PAYLOAD_OFFSET
+from semiflow.detector.sample.frame import IP_REGION, PAYLOAD_OFFSET
 
 # (name, start, end) relative to the start of the IP region, then the transport region.
 IPV4_FIELDS = (

@@ -2,7 +2,7 @@
 
 The issue's baseline: "a 3-nearest-neighbour distance on the first 4 payload packets' first
 256 bytes (addresses masked, nothing else)". The selection (payload packets) and the address
-masking are the flow-sample spec's (detector/spec.py), so the vector is just the flow sample
+masking are the flow-sample spec's (detector/sample/spec.py), so the vector is just the flow sample
 cut to n_packets x n_bytes and flattened: uint8 -> float in [0, 1], a missing packet (or a
 sample shorter than n_bytes) is zeros. score = MEAN Euclidean distance to the n_neighbors
 nearest NORMAL training flows (aggregate="kth": the distance to the k-th one instead).
@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
-from .baselines import BaseDetector, subsample
+from semiflow.detector.baselines.classic import BaseDetector, subsample
 
 AGGREGATES = ("mean", "kth")
 

@@ -5,7 +5,7 @@ packet's anomaly log-odds (the classifier's logit margin, as FlowScorer scores) 
 bytes with integrated gradients (Sundararajan et al. 2017; baseline = the all-zero row, i.e.
 "byte absent", which is also what masking a byte means) or gradient x input (cheaper, one
 backward pass). Attributions are per byte of the fixed-offset sample row, so they can be
-summed per header field (detector/fields.py) and drawn as a heat map over the packets.
+summed per header field (detector/sample/fields.py) and drawn as a heat map over the packets.
 
 Only the encoder and the classifier of a loaded artifact are used (FlowScorer.encoder /
 .classifier): an artifact stores no training data, so "nearest normal examples" need a
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .fields import field_map, field_of
-from .frame import IP_REGION, PAYLOAD_OFFSET
+from semiflow.detector.sample.fields import field_map, field_of
+from semiflow.detector.sample.frame import IP_REGION, PAYLOAD_OFFSET
 
 METHODS = ("integrated-gradients", "grad-x-input")
 
@@ -151,9 +151,9 @@ def explain_flow(scorer, sample: np.ndarray, n_selected: int, uid: str = "",
                  directions: np.ndarray | None = None) -> FlowExplanation:
     """Explain one flow of a FlowScorer's spec: sample uint8[K, L], its first n_selected rows.
 
-    A flow-level scorer gets a FlowLevelExplanation (detector/explain_flowlevel.py)."""
+    A flow-level scorer gets a FlowLevelExplanation (detector/explain/flow_level.py)."""
     if getattr(scorer, "flow_detector", None) is not None:
-        from .explain_flowlevel import explain_flow_level
+        from semiflow.detector.explain.flow_level import explain_flow_level
         return explain_flow_level(scorer, sample, n_selected, uid, method, steps, directions)
     rows = np.asarray(sample, np.uint8)[:int(n_selected)]
     if len(rows) == 0:

@@ -1,6 +1,6 @@
 """Flow-level SemiFlow networks: one sample = the first K packets of a flow, together.
 
-The packet-level method (detector/semiflow_model.py) scores each packet alone and takes the
+The packet-level method (detector/models/semiflow_model.py) scores each packet alone and takes the
 max over a flow; the lab measurements (docs/model.md, "Flow-level SemiFlow") showed that this
 misses what makes most attacks odd: the sequence (directions, sizes, which packets carry
 payload at all) and the combination of packets. Here every packet row (bytes, scaled to
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .semiflow_model import CouplingBlock, Flow
+from semiflow.detector.models.semiflow_model import CouplingBlock, Flow
 
 N_META = 14         # per packet: present, direction, log IP length, tcp/udp/icmp, 8 TCP flags
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from .semiflow import SemiFlowDetector
-from .semiflow_model import SemiFlowConfig
+from semiflow.detector.models.semiflow import SemiFlowDetector
+from semiflow.detector.models.semiflow_model import SemiFlowConfig
 
 
 class SemiFlowNLLDetector(SemiFlowDetector):

@@ -1,6 +1,6 @@
 """SemiFlow inference helpers: device choice, input scaling, batched log-odds scores.
 
-Shared by the estimator (detector/semiflow.py) and the artifact scorer (detector/scoring.py),
+Shared by the estimator (detector/models/semiflow.py) and the artifact scorer (detector/scoring.py),
 which needs only the encoder and the classifier.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .semiflow_model import Classifier, Encoder
+from semiflow.detector.models.semiflow_model import Classifier, Encoder
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:

@@ -29,7 +29,7 @@ from scipy.cluster.hierarchy import linkage, to_tree
 from scipy.spatial.distance import squareform
 from scipy.special import expit
 
-from .kitsune_features import LAMBDAS, afterimage_features
+from semiflow.detector.baselines.kitsune_features import LAMBDAS, afterimage_features
 
 _EPS = 1e-16
 

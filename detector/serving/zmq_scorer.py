@@ -23,8 +23,8 @@ from dataclasses import asdict
 import numpy as np
 import zmq
 
-from .serving import ModelInfo, score_with_model
-from .spec import FlowSampleSpec
+from semiflow.detector.sample.spec import FlowSampleSpec
+from semiflow.detector.serving.core import ModelInfo, score_with_model
 
 log = logging.getLogger("semiflow.serve")
 

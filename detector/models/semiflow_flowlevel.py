@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .semiflow_flownet import (
+from semiflow.detector.models.semiflow_flownet import (
     FlowDecoder,
     FlowEncoder,
     FlowNetConfig,
@@ -38,8 +38,8 @@ from .semiflow_flownet import (
     log_uniform,
     set_norm_group,
 )
-from .semiflow_inference import resolve_device
-from .train_loop import (
+from semiflow.detector.models.semiflow_inference import resolve_device
+from semiflow.detector.models.train_loop import (
     DistContext,
     FitOptions,
     GraphedStep,
@@ -351,10 +351,10 @@ class FlowSemiFlowDetector:
     # ---- inference ----------------------------------------------------------------------
     def use_gpu_scorer(self, batch_size: int | None = None, amp: str = "bf16",
                        compile: bool = False) -> None:
-        """Score through detector/flow_inference.py (large batches, overlapped copies, amp)
+        """Score through detector/models/flow_inference.py (large batches, overlapped copies, amp)
         instead of the plain path; CUDA only, nll and rec scores only. batch_size None:
         flow_inference.GPU_BATCH."""
-        from .flow_inference import GPU_BATCH, GpuFlowScorer
+        from semiflow.detector.models.flow_inference import GPU_BATCH, GpuFlowScorer
 
         self.gpu_scorer_ = GpuFlowScorer(self, batch_size or GPU_BATCH, amp, compile)
 

@@ -9,7 +9,7 @@ differs from the served one, is refused with a log line and the old model keeps 
 
 Shadow scoring runs a candidate on the same samples after the served model; its verdicts go
 nowhere, only into agreement counters. Drift judges each finished window of live flows
-against the served model's reference (detector/drift.py).
+against the served model's reference (detector/lifecycle/drift.py).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .drift import DriftMonitor, DriftReference, DriftReport
-from .serving import ModelInfo
+from semiflow.detector.lifecycle.drift import DriftMonitor, DriftReference, DriftReport
+from semiflow.detector.serving.core import ModelInfo
 
 log = logging.getLogger("semiflow.lifecycle")
 

@@ -1,7 +1,7 @@
 """Explanations for flow-level SemiFlow: which packets, header fields, payload ranges and
 header metadata drove a whole flow's score.
 
-A flow-level model (detector/semiflow_flowlevel.py) scores the first K packets of a flow
+A flow-level model (detector/models/semiflow_flowlevel.py) scores the first K packets of a flow
 together (default "nll+rec": the latent's NLL plus the reconstruction error, each
 standardised). Its inputs are three: the K x L bytes scaled to [0, 1], per-packet header
 metadata (present, direction, IP length, TCP/UDP/ICMP, TCP flag bits) and a one-hot service.
@@ -28,9 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .fields import field_map, field_of
-from .frame import PAYLOAD_OFFSET
-from .semiflow_flownet import flow_inputs, service_keys
+from semiflow.detector.models.semiflow_flownet import flow_inputs, service_keys
+from semiflow.detector.sample.fields import field_map, field_of
+from semiflow.detector.sample.frame import PAYLOAD_OFFSET
 
 METHODS = ("integrated-gradients", "grad-x-input")
 BASELINES = ("nearby-normal", "zero")

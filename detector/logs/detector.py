@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .log_models import build_model, fit_windows, window_scores
-from .log_threshold import apply_calibration
-from .log_tokens import (
+from semiflow.detector.logs.models import build_model, fit_windows, window_scores
+from semiflow.detector.logs.threshold import apply_calibration
+from semiflow.detector.logs.tokens import (
     TOKENIZERS,
     Vocabulary,
     dyad_hour_frame,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .semiflow_flownet import service_keys
+from semiflow.detector.models.semiflow_flownet import service_keys
 
 REFERENCE_FILE = "reference.json"
 EPS = 1e-4

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .spec import STATUS_CODES, FlowSampleSpec, build_flow_samples
+from semiflow.detector.sample.spec import STATUS_CODES, FlowSampleSpec, build_flow_samples
 
 log = logging.getLogger("semiflow.serve")
 
@@ -51,7 +51,7 @@ class Scorer(Protocol):
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """The model that scored a batch: with hot swaps (detector/lifecycle.py) the served one
+    """The model that scored a batch: with hot swaps (detector/lifecycle/slot.py) the served one
     may change between a batch's scoring and its verdicts, so its identity travels with
     the scores."""
 

@@ -1,0 +1,18 @@
+"""The baselines behind SemiFlow's fit/score surface: classic (BaseDetector, Isolation Forest,
+One-Class SVM, PCA; save/load), deep, knn, kitsune.
+
+Imported as semiflow.detector.baselines: pyproject.toml maps semiflow.detector to this repository's
+detector/ folder, which tools that read imports cannot follow.
+"""
+
+import importlib
+
+
+def __getattr__(name: str):
+    """Detectors saved with joblib before the move name their classes
+    semiflow.detector.baselines.<Class>: load them from classic."""
+    classic = importlib.import_module(f"{__name__}.classic")
+    try:
+        return getattr(classic, name)
+    except AttributeError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
