@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from semiflow.detector.serving.core import Histogram, ServingStats
+from semiflow.detector.serving.stats import Histogram, ServingStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

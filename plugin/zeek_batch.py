@@ -17,7 +17,7 @@ import numpy as np
 import orjson
 from numba import njit
 
-from semiflow.detector.serving.core import RequestBatch, RequestError
+from semiflow.detector.serving.requests import RequestBatch, RequestError
 
 from . import zeek_wire as zw
 

@@ -20,7 +20,7 @@ import re
 
 import numpy as np
 
-from semiflow.detector.serving.core import RequestBatch, RequestError
+from semiflow.detector.serving.requests import RequestBatch, RequestError
 
 from . import zeek_wire as zw
 from .zeek_batch import decode_batch

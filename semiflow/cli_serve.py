@@ -18,14 +18,9 @@ import sys
 import time
 
 from semiflow.cli import UsageError
-from semiflow.detector.serving.core import (
-    STATUS_SHED,
-    FlowResult,
-    MicroBatcher,
-    RequestBatch,
-    Scorer,
-    ServingStats,
-)
+from semiflow.detector.serving.core import STATUS_SHED, FlowResult, MicroBatcher, Scorer
+from semiflow.detector.serving.requests import RequestBatch
+from semiflow.detector.serving.stats import ServingStats
 from semiflow.plugin import zeek_wire as zw
 from semiflow.plugin.zeek_batch import (
     BatchReply,

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from semiflow.detector.sample.spec import FlowSampleSpec
-from semiflow.detector.serving.core import Histogram, MicroBatcher
+from semiflow.detector.serving.core import MicroBatcher
+from semiflow.detector.serving.stats import Histogram
 from semiflow.plugin.zeek_decode import decode_flow_requests
 
 sys.path.insert(0, str(Path(__file__).parent))

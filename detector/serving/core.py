@@ -12,7 +12,6 @@ instead of growing memory.
 
 from __future__ import annotations
 
-import bisect
 import collections
 import logging
 import queue
@@ -20,12 +19,14 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
 from semiflow.detector.sample.spec import STATUS_CODES, FlowSampleSpec, build_flow_samples
+from semiflow.detector.serving.requests import RequestBatch, RequestError
+from semiflow.detector.serving.stats import ServingStats
 
 log = logging.getLogger("semiflow.serve")
 
@@ -34,8 +35,6 @@ STATUS_SHED = "shed"
 STATUS_ALLOWLISTED = "allowlisted"  # an analyst marked it benign: not scored, not noticed
 
 # Histogram buckets (seconds / flows) for the metrics endpoint.
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
 class Scorer(Protocol):
@@ -87,70 +86,6 @@ def score_with_model(scorer, samples: np.ndarray, n_selected: np.ndarray
 
 
 @dataclass
-class RequestBatch:
-    """What `decode` returns for a micro-batch: decodable flows (key, where to answer, the K
-    the sender collected for; -1 = unknown) plus all their frames as flat arrays over one
-    byte blob (the arguments of spec.build_flow_samples), and the undecodable items."""
-
-    keys: list[str]
-    replies: list
-    items: list[int]          # position of each flow in the submitted batch
-    ks: np.ndarray            # int64[m]
-    blob: np.ndarray          # uint8: every frame's bytes, back to back
-    frame_off: np.ndarray     # int64[n_frames]
-    frame_len: np.ndarray
-    linktype: np.ndarray
-    ts: np.ndarray
-    wire_len: np.ndarray
-    is_orig: np.ndarray
-    flow_start: np.ndarray    # int64[m + 1]: flow i owns frames flow_start[i]:flow_start[i+1]
-    errors: list = field(default_factory=list)  # (position in batch, RequestError)
-    ids: list = field(default_factory=list)  # (orig_h, orig_p, resp_h, resp_p) per flow, if known
-
-    @classmethod
-    def empty(cls) -> RequestBatch:
-        z = np.zeros(0, np.int64)
-        return cls([], [], [], z, np.zeros(0, np.uint8), z, z, z, np.zeros(0), z,
-                   np.zeros(0, np.bool_), np.zeros(1, np.int64))
-
-    @classmethod
-    def concat(cls, parts: list[tuple[int, RequestBatch]]) -> RequestBatch:
-        """Join batches; each part's item positions are shifted by its offset."""
-        out = cls.empty()
-        blobs, offs, starts = [], [], [np.zeros(1, np.int64)]
-        base = nfr = 0
-        for shift, b in parts:
-            out.keys += b.keys
-            out.replies += b.replies
-            out.items += [shift + i for i in b.items]
-            out.errors += [(shift + i, e) for i, e in b.errors]
-            out.ids += b.ids if len(b.ids) == len(b.keys) else [None] * len(b.keys)
-            blobs.append(b.blob)
-            offs.append(b.frame_off + base)
-            starts.append(b.flow_start[1:] + nfr)
-            base += len(b.blob)
-            nfr += int(b.flow_start[-1])
-        cat = np.concatenate
-        out.ks = cat([out.ks] + [b.ks for _, b in parts])
-        out.blob = cat([out.blob] + blobs)
-        out.frame_off = cat([out.frame_off] + offs)
-        for name in ("frame_len", "linktype", "ts", "wire_len", "is_orig"):
-            setattr(out, name, cat([getattr(out, name)] + [getattr(b, name) for _, b in parts]))
-        out.flow_start = cat(starts)
-        return out
-
-
-class RequestError(ValueError):
-    """A request that cannot be scored; kind groups them for counting and logging."""
-
-    def __init__(self, kind: str, message: str, key: str | None = None, reply: Any = None):
-        super().__init__(message)
-        self.kind = kind
-        self.key = key
-        self.reply = reply
-
-
-@dataclass
 class FlowResult:
     key: str
     reply: Any
@@ -161,58 +96,6 @@ class FlowResult:
     detail: str = ""
     latency: float = 0.0
     model: ModelInfo | None = None  # who scored it (None: the scorer's current attributes)
-
-
-class Histogram:
-    """Cumulative-bucket histogram (Prometheus semantics)."""
-
-    def __init__(self, buckets: tuple[float, ...]):
-        self.buckets = buckets
-        self.counts = [0] * (len(buckets) + 1)
-        self.sum = 0.0
-        self.n = 0
-
-    def observe(self, v: float) -> None:
-        i = bisect.bisect_left(self.buckets, v)
-        self.counts[i] += 1
-        self.sum += v
-        self.n += 1
-
-    def observe_many(self, vs) -> None:
-        """observe() for every value, in one pass."""
-        v = np.asarray(vs, np.float64)
-        if not len(v):
-            return
-        for i, c in enumerate(np.bincount(np.searchsorted(self.buckets, v, side="left"),
-                                          minlength=len(self.counts))):
-            self.counts[i] += int(c)
-        self.sum += float(v.sum())
-        self.n += len(v)
-
-
-@dataclass
-class ServingStats:
-    """Counters the metrics endpoint exposes; updated under `lock`."""
-
-    received: int = 0
-    scored: int = 0
-    shed: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
-    statuses: dict[str, int] = field(default_factory=dict)
-    batches: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))
-    latency: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    _logged: set = field(default_factory=set)
-
-    def error(self, kind: str, message: str) -> None:
-        """Count an error; log the first of each kind only (a flood must not flood logs)."""
-        with self.lock:
-            self.errors[kind] = self.errors.get(kind, 0) + 1
-            first = kind not in self._logged
-            self._logged.add(kind)
-        if first:
-            log.warning("malformed request (%s): %s [further '%s' errors are counted, "
-                        "not logged]", kind, message, kind)
 
 
 @dataclass
