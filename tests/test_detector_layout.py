@@ -2,6 +2,8 @@
 saved with joblib under them still load."""
 
 import importlib
+import subprocess
+import sys
 
 import joblib
 import numpy as np
@@ -40,3 +42,12 @@ def test_detector_pickled_under_its_old_module_loads(tmp_path, monkeypatch, cls,
     back = load_detector(tmp_path / "old.joblib")
     assert type(back) is cls
     np.testing.assert_allclose(back.anomaly_score(X), det.anomaly_score(X))
+
+
+def test_importing_one_baseline_does_not_load_the_others():
+    """The package's answer for old class names must not run on submodule imports."""
+    code = ("import sys\nfrom semiflow.detector.baselines import kitsune\n"
+            "print('sklearn' in sys.modules, 'semiflow.detector.baselines.classic' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["False", "False"]

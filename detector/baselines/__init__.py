@@ -6,11 +6,15 @@ detector/ folder, which tools that read imports cannot follow.
 """
 
 import importlib
+import importlib.util
 
 
 def __getattr__(name: str):
     """Detectors saved with joblib before the move name their classes
-    semiflow.detector.baselines.<Class>: load them from classic."""
+    semiflow.detector.baselines.<Class>: load them from classic. A submodule not imported yet
+    is left to the import system (`from ... import kitsune` must not load classic's sklearn)."""
+    if importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     classic = importlib.import_module(f"{__name__}.classic")
     try:
         return getattr(classic, name)
